@@ -1,0 +1,200 @@
+"""The settings model: one object, loaded and validated once at start-up.
+
+Sources, highest first: keyword arguments (tests), environment variables
+(``OCPP_LC_`` prefix, ``__`` between nesting levels, e.g. ``OCPP_LC_LISTEN__PORT``),
+the TOML file given with ``--config``, then the defaults below.
+
+A wrong setting raises :class:`SettingsError` with one readable message.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "OCPP_LC_"
+
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "ocpp_lc_toml_file", default=None
+)
+
+
+class SettingsError(Exception):
+    """A settings file or variable is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(_Section):
+    """The charger-facing WebSocket server."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - chargers reach the controller over the site LAN
+    port: int = Field(default=9000, ge=0, le=65535)
+    #: Seconds allowed for a charger's opening handshake (slowloris guard).
+    open_timeout: float = Field(default=10.0, gt=0)
+    #: WebSocket ping period towards chargers in seconds; 0 disables pings.
+    ping_interval: float = Field(default=30.0, ge=0)
+    ping_timeout: float = Field(default=30.0, gt=0)
+    #: Largest frame accepted from a charger, in bytes, after decompression.
+    max_message_size: int = Field(default=1024 * 1024, ge=1024)
+    #: Offer permessage-deflate to chargers that ask for it (OCPP 2.0.1 Part 4 §3.3).
+    compression: bool = True
+    #: Calls a charger may send while one is still unanswered before it gets GenericError.
+    max_queued_calls: int = Field(default=10, ge=0)
+
+
+class CsmsSettings(_Section):
+    """The uplink: one connection per charger to ``<url>/<identity>``."""
+
+    url: str = "ws://127.0.0.1:9100/ocpp"
+    open_timeout: float = Field(default=10.0, gt=0)
+    ping_interval: float = Field(default=30.0, ge=0)
+    ping_timeout: float = Field(default=30.0, gt=0)
+    max_message_size: int = Field(default=1024 * 1024, ge=1024)
+    #: Pass the charger's Authorization header on to the CSMS.
+    pass_authorization: bool = True
+    #: Negotiate permessage-deflate with the CSMS (costs CPU on both sides).
+    compression: bool = False
+    #: Seconds the controller waits for the CSMS to answer a call it forwarded.
+    call_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return v.rstrip("/")
+
+
+class StoreSettings(_Section):
+    """The embedded SQLite store."""
+
+    path: Path = Path("data/ocpp-lc.sqlite3")
+    #: Milliseconds a writer waits for a lock before the call gets InternalError.
+    busy_timeout_ms: int = Field(default=2000, ge=0)
+
+
+class AdminSettings(_Section):
+    """The admin HTTP server: health, readiness, API, metrics."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9200, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``auto``: JSON lines unless standard error is a terminal.
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class OfflineSettings(_Section):
+    """What the controller does while a charger's uplink is down."""
+
+    #: ``serve``: keep chargers connected and answer them; ``strict``: close them.
+    mode: Literal["serve", "strict"] = "serve"
+    #: Answer to a BootNotification from an identity never seen before.
+    unknown_charger: Literal["accept", "pending", "reject"] = "accept"
+    #: Heartbeat interval (s) handed out in offline BootNotification answers.
+    heartbeat_interval: int = Field(default=300, ge=1)
+
+
+class RuntimeSettings(_Section):
+    #: ``uvloop`` when installed (lower latency), else ``asyncio``.
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: Seconds given to open work on SIGTERM before sockets are closed.
+    shutdown_grace: float = Field(default=5.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of the controller."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen: ListenSettings = ListenSettings()
+    csms: CsmsSettings = CsmsSettings()
+    store: StoreSettings = StoreSettings()
+    admin: AdminSettings = AdminSettings()
+    log: LogSettings = LogSettings()
+    offline: OfflineSettings = OfflineSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (TOML), the environment and ``overrides``.
+
+    Raises :class:`SettingsError` with one readable line on any problem.
+    """
+    toml_path: Path | None = None
+    if path is not None:
+        toml_path = Path(path)
+        if not toml_path.is_file():
+            raise SettingsError(f"settings file {toml_path} does not exist or is not a file")
+        try:
+            import tomllib
+
+            with toml_path.open("rb") as f:
+                tomllib.load(f)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"settings file {toml_path} cannot be read: {exc}") from exc
+    token = _toml_file.set(toml_path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = f" in {toml_path} or {ENV_PREFIX}* variables" if toml_path else ""
+        raise SettingsError(f"invalid settings{where}: {_describe(exc)}") from None
+    finally:
+        _toml_file.reset(token)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    return data
