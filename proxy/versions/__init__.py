@@ -1,0 +1,47 @@
+"""Per-version tables, chosen once from the negotiated subprotocol.
+
+The core stays version-neutral: it asks the :class:`Dialect` of a session which actions
+exist, which carry transaction data, and how an :class:`~proxy.frames.ErrorKind` is
+spelled on the wire (or whether OCPP 1.6 wants the message ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.frames import ErrorKind
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between OCPP versions, as data."""
+
+    subprotocol: str
+    #: Every action of the version, either direction.
+    actions: frozenset[str]
+    #: Calls a charger sends on its own.
+    charger_actions: frozenset[str]
+    #: Charger calls that carry transaction data and must reach the CSMS in order.
+    transaction_actions: frozenset[str]
+    #: CALLERROR code for each kind of error; ``None``: ignore the message, send nothing.
+    error_codes: Mapping[ErrorKind, str | None]
+
+    def error_code(self, kind: ErrorKind) -> str | None:
+        return self.error_codes[kind]
+
+
+def dialect_for(subprotocol: str) -> Dialect:
+    """The dialect of a negotiated subprotocol (raises KeyError for anything else)."""
+    from proxy.versions import ocpp16, ocpp201
+
+    table = {
+        ocpp16.DIALECT.subprotocol: ocpp16.DIALECT,
+        ocpp201.DIALECT.subprotocol: ocpp201.DIALECT,
+        ocpp201.DIALECT_21.subprotocol: ocpp201.DIALECT_21,
+    }
+    return table[subprotocol]
+
+
+#: Subprotocols the controller speaks, in the order it prefers them.
+SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = ("ocpp2.0.1", "ocpp1.6", "ocpp2.1")

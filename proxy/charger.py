@@ -1,0 +1,225 @@
+"""The downstream server: chargers connect here.
+
+The opening handshake decides everything before the upgrade: the identity (last path
+segment, percent-decoded, 1 to 48 characters, no ``:``, printable ASCII), the OCPP
+subprotocols the charger offers, and the uplink, opened first so that a CSMS refusal
+(401, 403, 404, ...) reaches the charger as the same HTTP status. A charger offering no
+supported subprotocol gets ``101`` without ``Sec-WebSocket-Protocol`` and an immediate
+close, as OCPP-J requires (not a bare 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from config.logging import get_logger
+from config.settings import Settings
+from proxy.router import Router, State
+from proxy.session import Observer, Responder, Session
+from proxy.uplink import UplinkRefused, UplinkRequest, UplinkUnavailable, open_uplink
+from proxy.versions import SUPPORTED_SUBPROTOCOLS, dialect_for
+
+MAX_IDENTITY_LENGTH = 48
+
+
+def identity_from_path(path: str) -> str | None:
+    """The charger identity in a request path, or None if it is not acceptable."""
+    raw = urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1]
+    if not raw:
+        return None
+    identity = unquote(raw, errors="strict") if "%" in raw else raw
+    if not 0 < len(identity) <= MAX_IDENTITY_LENGTH:
+        return None
+    if ":" in identity or "/" in identity or identity in (".", ".."):
+        return None
+    if not all(33 <= ord(c) < 127 for c in identity):
+        return None
+    return identity
+
+
+def offered_subprotocols(headers: Headers) -> list[str]:
+    offered: list[str] = []
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        offered.extend(p.strip() for p in value.split(",") if p.strip())
+    return offered
+
+
+@dataclass(slots=True)
+class _Handshake:
+    identity: str
+    uplink: ClientConnection | None
+    subprotocol: str | None
+
+
+class ChargerServer:
+    """Accepts chargers, opens their uplinks, and runs one session each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        responder: Responder | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.responder = responder
+        self.observer = observer
+        self.sessions: dict[str, Session] = {}
+        self._handshakes: dict[Any, _Handshake] = {}
+        self._server: Server | None = None
+        self.log = get_logger(component="downstream")
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sock = next(iter(self._server.sockets))
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        ls = self.settings.listen
+        self._server = await serve(
+            self._handler,
+            ls.host,
+            ls.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            compression="deflate" if ls.compression else None,
+            open_timeout=ls.open_timeout,
+            ping_interval=ls.ping_interval or None,
+            ping_timeout=ls.ping_timeout,
+            max_size=ls.max_message_size,
+            max_queue=16,
+            backlog=4096,
+            server_header=None,
+        )
+        self.log.info("listening", host=ls.host, port=self.port)
+
+    async def close(self) -> None:
+        """Stop accepting, close every charger with 1001, and wait for the sessions."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)
+        await self._server.wait_closed()
+        for hs in list(self._handshakes.values()):
+            if hs.uplink is not None:
+                await hs.uplink.close()
+        self._handshakes.clear()
+
+    # -- handshake ----------------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        identity = identity_from_path(request.path)
+        if identity is None:
+            self.log.warning("charger_refused", reason="bad_identity", path=request.path[:100])
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
+        offered = offered_subprotocols(request.headers)
+        ours = [p for p in offered if p in SUPPORTED_SUBPROTOCOLS]
+        log = self.log.bind(charger=identity)
+        if not ours:
+            # Completed without a subprotocol, then closed at once by the handler.
+            self._handshakes[connection] = _Handshake(identity, None, None)
+            log.warning("charger_refused", reason="no_supported_subprotocol", offered=offered)
+            return None
+        try:
+            uplink = await open_uplink(
+                self.settings.csms,
+                UplinkRequest(
+                    identity,
+                    tuple(ours),
+                    request.headers.get("Authorization"),
+                    request.headers.get("User-Agent"),
+                ),
+            )
+        except UplinkRefused as exc:
+            log.warning("charger_refused", reason="csms_refused", status=exc.status)
+            return connection.respond(http.HTTPStatus(exc.status), f"{exc.reason}\n")
+        except UplinkUnavailable as exc:
+            if self.responder is None or not self._serves_offline():
+                log.warning("charger_refused", reason="csms_unavailable", error=str(exc))
+                return connection.respond(
+                    http.HTTPStatus.BAD_GATEWAY, "CSMS unreachable, try again later\n"
+                )
+            log.info("uplink_unavailable", error=str(exc))
+            chosen = next(p for p in SUPPORTED_SUBPROTOCOLS if p in ours)
+            self._handshakes[connection] = _Handshake(identity, None, chosen)
+            return None
+        self._handshakes[connection] = _Handshake(identity, uplink, uplink.subprotocol)
+        asyncio.get_running_loop().call_later(
+            self.settings.listen.open_timeout + 1.0, self._reap, connection
+        )
+        return None
+
+    def _reap(self, connection: ServerConnection) -> None:
+        """Close the uplink of a handshake that never reached its session."""
+        hs = self._handshakes.pop(connection, None)
+        if hs is not None and hs.uplink is not None:
+            self.log.info("uplink_reaped", charger=hs.identity)
+            asyncio.get_running_loop().create_task(hs.uplink.close(1001))
+
+    def _serves_offline(self) -> bool:
+        return self.settings.offline.mode == "serve"
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        hs = self._handshakes.get(connection)
+        if hs is None or hs.subprotocol is None or hs.subprotocol not in subprotocols:
+            return None
+        return Subprotocol(hs.subprotocol)
+
+    # -- session --------------------------------------------------------------------
+
+    async def _handler(self, connection: ServerConnection) -> None:
+        hs = self._handshakes.pop(connection, None)
+        if hs is None:  # pragma: no cover - the handshake always records itself
+            await connection.close(1011, "internal error")
+            return
+        if connection.subprotocol is None:
+            if hs.uplink is not None:
+                await hs.uplink.close(1000)
+            await connection.close(1002, "no supported OCPP subprotocol")
+            return
+        dialect = dialect_for(connection.subprotocol)
+        log = get_logger(charger=hs.identity, ocpp=dialect.subprotocol)
+        router = Router(
+            dialect,
+            call_timeout=self.settings.csms.call_timeout,
+            max_queued_calls=self.settings.listen.max_queued_calls,
+            state=State.ONLINE if hs.uplink is not None else State.OFFLINE,
+        )
+        session = Session(
+            hs.identity,
+            connection,
+            hs.uplink,
+            router,
+            log,
+            responder=self.responder if self._serves_offline() else None,
+            observer=self.observer,
+        )
+        old = self.sessions.get(hs.identity)
+        self.sessions[hs.identity] = session
+        if old is not None:
+            log.warning("charger_replaced")
+            with contextlib.suppress(Exception):
+                await old.charger.close(1008, "replaced by a newer connection")
+        log.info("charger_connected", uplink=hs.uplink is not None)
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(hs.identity) is session:
+                del self.sessions[hs.identity]

@@ -1,0 +1,293 @@
+"""The per-charger state machine, sans I/O: frames and ``now`` in, effects out.
+
+::
+
+               uplink up, outbox empty
+       ┌────────────────────────────────────────┐
+       ▼                                        │
+    ONLINE ──uplink lost──▶ OFFLINE ──uplink back──▶ DRAINING
+
+The router keeps the calls in flight each way (OCPP-J allows one outstanding CALL per
+direction), forwards frames as the same text, matches answers to calls, and turns bad
+frames into the CALLERROR the session's :class:`~proxy.versions.Dialect` prescribes.
+Calls the controller itself sends to a charger carry ids starting with
+:data:`OWN_ID_PREFIX`; their results come back as :class:`OwnResult`, never forwarded.
+
+While the uplink is not ONLINE, every charger call becomes an :class:`Answer` effect:
+the session answers it locally (the offline responder) or closes the charger.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from proxy import frames
+from proxy.frames import Call, CallError, CallResult, ErrorKind, FrameError
+from proxy.versions import Dialect
+
+OWN_ID_PREFIX = "lc-"
+
+
+class State(Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+
+
+class Origin(Enum):
+    CHARGER = "charger"
+    CSMS = "csms"
+    CONTROLLER = "controller"
+
+
+@dataclass(slots=True, frozen=True)
+class ToCsms:
+    """Send this text on the uplink."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class ToCharger:
+    """Send this text to the charger."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class Answer:
+    """Answer this charger call locally (the uplink is not there to answer it)."""
+
+    call: Call
+
+
+@dataclass(slots=True, frozen=True)
+class OwnResult:
+    """The charger answered a call the controller sent; consume it locally."""
+
+    call: Call
+    answer: CallResult | CallError
+
+
+@dataclass(slots=True, frozen=True)
+class Exchange:
+    """A call and its answer passed through; the session may learn from it."""
+
+    origin: Origin
+    call: Call
+    answer: CallResult | CallError
+
+
+@dataclass(slots=True, frozen=True)
+class Note:
+    """Something worth a log line and a counter; nothing to send."""
+
+    event: str
+    fields: dict[str, Any]
+
+
+Effect = ToCsms | ToCharger | Answer | OwnResult | Exchange | Note
+
+
+@dataclass(slots=True)
+class _Pending:
+    call: Call
+    origin: Origin
+    since: float
+
+
+class Router:
+    """Calls in flight each way for one charger, and the uplink state."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        call_timeout: float = 30.0,
+        max_queued_calls: int = 10,
+        watched_actions: frozenset[str] = frozenset(),
+        state: State = State.ONLINE,
+    ) -> None:
+        self.dialect = dialect
+        self.state = state
+        self._call_timeout = call_timeout
+        self._max_queued = max_queued_calls
+        self._watched = watched_actions
+        # charger -> CSMS: the call awaiting the CSMS, and the ones the charger sent meanwhile
+        self._up: _Pending | None = None
+        self._up_queue: deque[Call] = deque()
+        # CSMS or controller -> charger
+        self._down: _Pending | None = None
+        self._down_queue: deque[tuple[Call, Origin]] = deque()
+        # the last charger call answered, for an idempotent answer to a retry (same id)
+        self._last_call: Call | None = None
+        self._last_answer: str | None = None
+
+    # -- charger side -------------------------------------------------------------
+
+    def charger_frame(self, text: str | bytes, now: float) -> list[Effect]:
+        """A message arrived from the charger."""
+        try:
+            frame = frames.parse(text)
+        except FrameError as exc:
+            return self._refuse(exc, "charger_bad_frame", to_charger=True)
+        if type(frame) is Call:
+            if frame.action not in self.dialect.actions:
+                return self._refuse(
+                    FrameError(
+                        ErrorKind.NOT_IMPLEMENTED, f"unknown action {frame.action}", frame.id
+                    ),
+                    "charger_unknown_action",
+                    to_charger=True,
+                )
+            return self._charger_call(frame, now)
+        assert isinstance(frame, CallResult | CallError)
+        return self._charger_answer(frame, now)
+
+    def _charger_call(self, call: Call, now: float) -> list[Effect]:
+        last = self._last_call
+        if (
+            last is not None
+            and last.id == call.id
+            and last.raw == call.raw
+            and self._last_answer is not None
+        ):
+            return [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
+        up = self._up
+        if up is not None:
+            if up.call.id == call.id or any(q.id == call.id for q in self._up_queue):
+                if up.call.raw == call.raw or any(q.raw == call.raw for q in self._up_queue):
+                    return [Note("charger_retry_pending", {"message_id": call.id})]
+                return self._refuse(
+                    FrameError(
+                        ErrorKind.DUPLICATE_ID,
+                        "a call with this id is being handled already",
+                        call.id,
+                    ),
+                    "charger_duplicate_id",
+                    to_charger=True,
+                )
+            if now - up.since <= self._call_timeout:
+                if len(self._up_queue) >= self._max_queued:
+                    return self._refuse(
+                        FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
+                        "charger_calls_overflow",
+                        to_charger=True,
+                    )
+                self._up_queue.append(call)
+                return [Note("charger_call_queued", {"action": call.action})]
+            self._up = None
+            return [
+                Note("csms_answer_timed_out", {"action": up.call.action}),
+                *self._send_up(call, now),
+            ]
+        return self._send_up(call, now)
+
+    def _send_up(self, call: Call, now: float) -> list[Effect]:
+        if self.state is State.ONLINE:
+            self._up = _Pending(call, Origin.CHARGER, now)
+            return [ToCsms(call.raw)]
+        return [Answer(call)]
+
+    def _charger_answer(self, answer: CallResult | CallError, now: float) -> list[Effect]:
+        down = self._down
+        if down is None or down.call.id != answer.id:
+            return [Note("charger_unexpected_answer", {"message_id": answer.id})]
+        self._down = None
+        effects: list[Effect]
+        if down.origin is Origin.CONTROLLER:
+            effects = [OwnResult(down.call, answer)]
+        elif self.state is State.OFFLINE:
+            effects = [Note("csms_call_answer_dropped", {"action": down.call.action})]
+        else:
+            effects = [ToCsms(answer.raw)]
+            if down.call.action in self._watched:
+                effects.append(Exchange(Origin.CSMS, down.call, answer))
+        if self._down_queue:
+            call, origin = self._down_queue.popleft()
+            self._down = _Pending(call, origin, now)
+            effects.append(ToCharger(call.raw))
+        return effects
+
+    # -- CSMS side ----------------------------------------------------------------
+
+    def csms_frame(self, text: str | bytes, now: float) -> list[Effect]:
+        """A message arrived on the uplink."""
+        try:
+            frame = frames.parse(text)
+        except FrameError as exc:
+            return self._refuse(exc, "csms_bad_frame", to_charger=False)
+        if type(frame) is Call:
+            return self._to_charger(frame, Origin.CSMS, now)
+        assert isinstance(frame, CallResult | CallError)
+        up = self._up
+        if up is None or up.call.id != frame.id:
+            return [Note("csms_unexpected_answer", {"message_id": frame.id})]
+        self._up = None
+        self._last_call = up.call
+        self._last_answer = frame.raw
+        effects: list[Effect] = [ToCharger(frame.raw)]
+        if up.call.action in self._watched:
+            effects.append(Exchange(Origin.CHARGER, up.call, frame))
+        if self._up_queue:
+            effects.extend(self._send_up(self._up_queue.popleft(), now))
+        return effects
+
+    def own_call(self, action: str, payload: Any, now: float) -> list[Effect]:
+        """Send a call of the controller's own to the charger (queued if one is open)."""
+        message_id = f"{OWN_ID_PREFIX}{uuid.uuid4()}"[: frames.MAX_ID_LENGTH]
+        text = frames.call(message_id, action, payload)
+        return self._to_charger(Call(message_id, action, payload, text), Origin.CONTROLLER, now)
+
+    def _to_charger(self, call: Call, origin: Origin, now: float) -> list[Effect]:
+        down = self._down
+        if down is not None and now - down.since <= self._call_timeout:
+            if len(self._down_queue) >= self._max_queued:
+                if origin is Origin.CSMS:
+                    return self._refuse(
+                        FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
+                        "csms_calls_overflow",
+                        to_charger=False,
+                    )
+                return [Note("own_call_dropped", {"action": call.action})]
+            self._down_queue.append((call, origin))
+            return [Note("call_to_charger_queued", {"action": call.action})]
+        self._down = _Pending(call, origin, now)
+        return [ToCharger(call.raw)]
+
+    # -- uplink state -------------------------------------------------------------
+
+    def uplink_lost(self) -> list[Effect]:
+        """The uplink went away: calls awaiting the CSMS are answered locally."""
+        self.state = State.OFFLINE
+        effects: list[Effect] = []
+        if self._up is not None:
+            effects.append(Answer(self._up.call))
+            self._up = None
+        while self._up_queue:
+            effects.append(Answer(self._up_queue.popleft()))
+        if self._down is not None and self._down.origin is Origin.CSMS:
+            self._down = None
+        self._down_queue = deque(x for x in self._down_queue if x[1] is not Origin.CSMS)
+        return effects
+
+    def uplink_back(self, *, draining: bool) -> None:
+        """The uplink is open again; DRAINING while stored messages wait for replay."""
+        self.state = State.DRAINING if draining else State.ONLINE
+
+    def drained(self) -> None:
+        self.state = State.ONLINE
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _refuse(self, exc: FrameError, event: str, *, to_charger: bool) -> list[Effect]:
+        note = Note(event, {"kind": exc.kind.value, "message_id": exc.message_id})
+        code = self.dialect.error_code(exc.kind)
+        if code is None:
+            return [note]
+        text = frames.error(exc.message_id, code, exc.description)
+        return [note, ToCharger(text) if to_charger else ToCsms(text)]

@@ -1,0 +1,94 @@
+"""The uplink: one client connection per charger to ``<CSMS base URL>/<identity>``.
+
+The uplink offers the charger's subprotocols; the one the CSMS picks is the one the
+charger gets. The charger's ``Authorization`` and ``User-Agent`` headers go along, so
+the CSMS sees the charger as if it were connected directly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from config.settings import CsmsSettings
+
+
+class UplinkRefused(Exception):
+    """The CSMS answered the handshake with an HTTP status other than 101."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"CSMS refused the handshake with HTTP {status}")
+        self.status = status
+        self.reason = reason
+
+
+class UplinkUnavailable(Exception):
+    """The CSMS could not be reached (refused, timed out, TLS or protocol failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkRequest:
+    """What the uplink needs from the charger's handshake."""
+
+    identity: str
+    subprotocols: tuple[str, ...]
+    authorization: str | None = None
+    user_agent: str | None = None
+
+
+def uplink_url(base: str, identity: str) -> str:
+    return f"{base}/{quote(identity, safe='')}"
+
+
+async def open_uplink(settings: CsmsSettings, request: UplinkRequest) -> ClientConnection:
+    """Open the uplink of one charger or raise UplinkRefused / UplinkUnavailable."""
+    headers: dict[str, str] = {}
+    if settings.pass_authorization and request.authorization is not None:
+        headers["Authorization"] = request.authorization
+    try:
+        return await connect(
+            uplink_url(settings.url, request.identity),
+            subprotocols=[Subprotocol(p) for p in request.subprotocols],
+            additional_headers=headers,
+            user_agent_header=request.user_agent,
+            compression="deflate" if settings.compression else None,
+            open_timeout=settings.open_timeout,
+            ping_interval=settings.ping_interval or None,
+            ping_timeout=settings.ping_timeout,
+            max_size=settings.max_message_size,
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        response = exc.response
+        raise UplinkRefused(response.status_code, response.reason_phrase) from None
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        raise UplinkUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+def backoff(
+    minimum: float = 1.0,
+    maximum: float = 60.0,
+    factor: float = 2.0,
+    jitter: float = 1.0,
+    rng: random.Random | None = None,
+) -> Iterator[float]:
+    """Waits between reconnect attempts: exponential, capped, with random jitter."""
+    rnd = rng or random.Random()
+    delay = minimum
+    while True:
+        yield min(maximum, delay) + rnd.uniform(0, jitter)
+        delay *= factor
+
+
+def first_common(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """The first of ``supported`` that the peer offered."""
+    for p in supported:
+        if p in offered:
+            return p
+    return None
