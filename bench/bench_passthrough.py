@@ -239,9 +239,11 @@ def measure(
             "client": [client.pid],
             **{p.name: descendants(p.hop.pid) for p in paths if p.hop is not None},
         }
-        for _rep in range(a.reps):
+        for rep in range(a.reps):
+            # the order of the paths rotates from rep to rep, so none always follows another
+            order = paths[rep % len(paths) :] + paths[: rep % len(paths)]
             for s in a.sizes:
-                for p in paths:
+                for p in order:
                     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
                     for attempt in range(3):
                         t_a = time.perf_counter()
@@ -490,6 +492,7 @@ def main() -> int:
     t_start = time.time()
     # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with it ignored
     nofile = raise_nofile(4 * len(a.paths) * max(a.ns) + 256)
     print("nofile (soft before, soft now, hard):", nofile)
     note = machine_note()

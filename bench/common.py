@@ -266,8 +266,7 @@ class Conn(asyncio.Protocol):
         self.close_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.tr = transport
+        self.tr = transport  # type: ignore[assignment] # uvloop's TCPTransport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -115,6 +115,24 @@ class OfflineSettings(_Section):
     heartbeat_interval: int = Field(default=300, ge=1)
 
 
+class PolicySettings(_Section):
+    """Site-wide authorization policy while offline (per-charger overrides come later)."""
+
+    #: Accept an idTag no list or cache knows while offline (AllowOfflineTxForUnknownId).
+    allow_offline_tx_for_unknown_id: bool = False
+    #: Refuse a start (ConcurrentTx) for an idTag already charging elsewhere on the site.
+    concurrent_tx: bool = True
+    #: First provisional OCPP 1.6 transactionId handed out offline (a reserved range).
+    provisional_tx_id_start: int = Field(default=2_000_000_000, ge=1, le=2**31 - 1)
+
+
+class LocalListSettings(_Section):
+    """The operator's site local list."""
+
+    #: A CSV file (id_tag,status,expiry,parent_id_tag) imported at start-up when set.
+    path: Path | None = None
+
+
 class RuntimeSettings(_Section):
     #: ``uvloop`` when installed (lower latency), else ``asyncio``.
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -138,6 +156,8 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
     offline: OfflineSettings = OfflineSettings()
+    policy: PolicySettings = PolicySettings()
+    local_list: LocalListSettings = LocalListSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
     @classmethod

@@ -15,8 +15,12 @@ from typing import Any
 
 from config.logging import get_logger
 from config.settings import Settings
+from policies.local_list import parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
+from proxy.offline import OfflineResponder
+from proxy.site import Site
+from proxy.store import Store
 
 
 class Controller:
@@ -25,7 +29,14 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log = get_logger(component="controller")
-        self.chargers = ChargerServer(settings)
+        self.store = Store(
+            settings.store.path,
+            busy_timeout_ms=settings.store.busy_timeout_ms,
+            tx_id_start=settings.policy.provisional_tx_id_start,
+        )
+        self.site = Site(self.store, settings.policy)
+        self.responder = OfflineResponder(settings, self.store, self.site)
+        self.chargers = ChargerServer(settings, responder=self.responder, observer=self.site)
         self.admin = AdminServer(settings.admin, build_app(self.ready, self.status))
         self._ready = False
 
@@ -47,6 +58,9 @@ class Controller:
         # Long-lived objects are many and stable: collect the young generation more
         # rarely and keep start-up objects out of full collections.
         gc.set_threshold(20_000, 50, 100)
+        await self.store.open()
+        await self.site.load()
+        await self._import_site_list()
         await self.chargers.start()
         await self.admin.start()
         gc.collect()
@@ -59,11 +73,20 @@ class Controller:
             csms=self.settings.csms.url,
         )
 
+    async def _import_site_list(self) -> None:
+        path = self.settings.local_list.path
+        if path is None:
+            return
+        entries = parse_csv(path.read_text(encoding="utf-8"))
+        await self.store.replace_site_list(entries)
+        self.log.info("site_list_imported", path=str(path), entries=len(entries))
+
     async def stop(self) -> None:
         self._ready = False
         self.log.info("controller_stopping")
         await self.chargers.close()
         await self.admin.close()
+        await self.store.close()
         self.log.info("controller_stopped")
 
     async def __aenter__(self) -> Controller:

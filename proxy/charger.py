@@ -200,6 +200,7 @@ class ChargerServer:
             dialect,
             call_timeout=self.settings.csms.call_timeout,
             max_queued_calls=self.settings.listen.max_queued_calls,
+            watched_actions=dialect.watched_actions if self.observer else frozenset(),
             state=State.ONLINE if hs.uplink is not None else State.OFFLINE,
         )
         session = Session(

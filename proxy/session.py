@@ -81,8 +81,9 @@ class Session:
         self.observer = observer
         self._on_own_result = on_own_result
         self._clock = asyncio.get_running_loop().time
-        self._debug = False
         self.connected_at = self._clock()
+        #: The status of a BootNotification answered offline; None if none was.
+        self.boot_status: str | None = None
 
     @property
     def subprotocol(self) -> str:

@@ -200,7 +200,7 @@ def test_entry_defaults() -> None:
 
 
 @pytest.mark.parametrize("token_type", TOKEN_TYPES)
-@pytest.mark.parametrize(("stored", "presented"), CASE_PAIRS)
+@pytest.mark.parametrize("case", CASE_PAIRS, ids="/".join)
 @pytest.mark.parametrize("expiry_name", list(EXPIRIES))
 @pytest.mark.parametrize("status", list(AuthStatus))
 @pytest.mark.parametrize("source", LIST_SOURCES)
@@ -208,11 +208,11 @@ def test_entry_in_one_source_decides(
     source: AuthSource,
     status: AuthStatus,
     expiry_name: str,
-    stored: str,
-    presented: str,
+    case: tuple[str, str],
     token_type: str | None,
 ) -> None:
     """An entry found in any one source decides, case-insensitively, keeping its details."""
+    stored, presented = case
     expiry = EXPIRIES[expiry_name]
     entry = AuthEntry(status, expiry, PARENT)
     lists = {source: {token_key(stored, token_type): entry}}
@@ -425,9 +425,7 @@ def test_concurrent_tx_keeps_parent_and_expiry() -> None:
     expiry = EXPIRIES["future"]
     lists = {AuthSource.site_list: {"TAG": AuthEntry(AuthStatus.Accepted, expiry, PARENT)}}
     decision = decide("TAG", lists, concurrent_tx=True, for_start=True, active_elsewhere=True)
-    assert decision == AuthDecision(
-        AuthStatus.ConcurrentTx, AuthSource.site_list, expiry, PARENT
-    )
+    assert decision == AuthDecision(AuthStatus.ConcurrentTx, AuthSource.site_list, expiry, PARENT)
 
 
 # --- authorize: properties -------------------------------------------------------------

@@ -92,9 +92,7 @@ def test_full_ignores_entries_without_info() -> None:
 def test_differential_adds_updates_and_removes() -> None:
     """A Differential update adds new keys, replaces existing ones and removes bare keys."""
     current = {"KEEP": ACCEPTED, "CHANGE": ACCEPTED, "DROP": ACCEPTED}
-    update = ListUpdate(
-        5, "Differential", (("CHANGE", BLOCKED), ("DROP", None), ("NEW", ACCEPTED))
-    )
+    update = ListUpdate(5, "Differential", (("CHANGE", BLOCKED), ("DROP", None), ("NEW", ACCEPTED)))
     assert apply_update(current, update) == {"KEEP": ACCEPTED, "CHANGE": BLOCKED, "NEW": ACCEPTED}
 
 
@@ -321,7 +319,7 @@ def test_parse_arbitrary_rows(rows: list[list[str]]) -> None:
     try:
         parse_csv(text)
     except ListFormatError as error:
-        assert 2 <= error.line
+        assert error.line >= 2
         assert error.line <= text.count("\n") + 1
 
 

@@ -24,6 +24,8 @@ class Dialect:
     charger_actions: frozenset[str]
     #: Charger calls that carry transaction data and must reach the CSMS in order.
     transaction_actions: frozenset[str]
+    #: Actions whose exchanges the site learns from (authorization, local lists, boot).
+    watched_actions: frozenset[str]
     #: CALLERROR code for each kind of error; ``None``: ignore the message, send nothing.
     error_codes: Mapping[ErrorKind, str | None]
 

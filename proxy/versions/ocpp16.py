@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+import orjson
 from ocpp.v16.enums import Action
 
 from proxy.frames import ErrorKind
@@ -29,6 +33,17 @@ DIALECT = Dialect(
         }
     ),
     transaction_actions=frozenset({"StartTransaction", "StopTransaction", "MeterValues"}),
+    watched_actions=frozenset(
+        {
+            "Authorize",
+            "BootNotification",
+            "StartTransaction",
+            "StopTransaction",
+            "StatusNotification",
+            "SendLocalList",
+            "GetLocalListVersion",
+        }
+    ),
     error_codes={
         ErrorKind.MALFORMED: "FormationViolation",
         ErrorKind.BAD_ENVELOPE: "ProtocolError",
@@ -45,3 +60,26 @@ DIALECT = Dialect(
         ErrorKind.PROPERTY: "PropertyConstraintViolation",
     },
 )
+
+
+def dedupe_key(action: str, payload: dict[str, Any]) -> str:
+    """The key that makes a charger's retry of a stored message recognisable (R39).
+
+    StartTransaction: connector, idTag, meterStart, timestamp. StopTransaction:
+    transactionId, meterStop, timestamp. Anything else: a digest of the whole payload.
+    """
+    if action == "StartTransaction":
+        parts: tuple[Any, ...] = (
+            payload.get("connectorId"),
+            str(payload.get("idTag", "")).upper(),
+            payload.get("meterStart"),
+            payload.get("timestamp"),
+        )
+    elif action == "StopTransaction":
+        parts = (payload.get("transactionId"), payload.get("meterStop"), payload.get("timestamp"))
+    else:
+        parts = (payload,)
+    digest = hashlib.blake2b(
+        orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12
+    ).hexdigest()
+    return f"{action}:{digest}"

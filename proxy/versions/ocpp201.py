@@ -38,6 +38,17 @@ _CHARGER_ACTIONS = frozenset(
     }
 )
 
+_WATCHED = frozenset(
+    {
+        "Authorize",
+        "BootNotification",
+        "TransactionEvent",
+        "StatusNotification",
+        "SendLocalList",
+        "GetLocalListVersion",
+    }
+)
+
 _ERROR_CODES = {
     ErrorKind.MALFORMED: "RpcFrameworkError",
     ErrorKind.BAD_ENVELOPE: "RpcFrameworkError",
@@ -59,6 +70,7 @@ DIALECT = Dialect(
     actions=frozenset(a.value for a in Action),
     charger_actions=_CHARGER_ACTIONS,
     transaction_actions=frozenset({"TransactionEvent"}),
+    watched_actions=_WATCHED,
     error_codes=_ERROR_CODES,
 )
 
@@ -67,5 +79,6 @@ DIALECT_21 = Dialect(
     actions=frozenset(a.value for a in Action21),
     charger_actions=_CHARGER_ACTIONS,
     transaction_actions=frozenset({"TransactionEvent"}),
+    watched_actions=_WATCHED,
     error_codes=_ERROR_CODES,
 )

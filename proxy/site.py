@@ -1,0 +1,198 @@
+"""What the controller knows about the site, and how it learns it.
+
+:class:`Site` answers "may this id charge here, now?" from the stored lists and cache
+(through :func:`policies.authorization.authorize`) and learns from the exchanges that
+pass through online (:class:`~proxy.router.Exchange`): idTagInfo answers feed the cache,
+SendLocalList and GetLocalListVersion keep each charger's list, BootNotification answers
+mark a charger as accepted, and transaction starts and stops tell which ids are
+charging (site-wide ConcurrentTx).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from config.settings import PolicySettings
+from policies.authorization import (
+    AuthDecision,
+    AuthEntry,
+    authorize,
+    cache_entry_from_answer,
+    token_key,
+)
+from policies.local_list import ListUpdate, apply_update
+from proxy.frames import CallResult
+from proxy.router import Exchange, Origin
+from proxy.store import Store
+
+if TYPE_CHECKING:
+    from proxy.session import Session
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An OCPP date-time as an aware datetime (naive taken as UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def id_tag_info_entry(info: Any) -> AuthEntry | None:
+    """The cache entry an idTagInfo/idTokenInfo answer describes."""
+    if not isinstance(info, dict) or not isinstance(info.get("status"), str):
+        return None
+    parent = info.get("parentIdTag")
+    if parent is None and isinstance(info.get("groupIdToken"), dict):
+        parent = info["groupIdToken"].get("idToken")
+    return cache_entry_from_answer(
+        info["status"],
+        parse_time(info.get("expiryDate") or info.get("cacheExpiryDateTime")),
+        parent if isinstance(parent, str) else None,
+    )
+
+
+class Site:
+    """Site-wide authorization state over the store."""
+
+    def __init__(self, store: Store, policy: PolicySettings) -> None:
+        self.store = store
+        self.policy = policy
+        #: id key -> the (identity, transactionId) pairs charging with it
+        self._active: dict[str, set[tuple[str, int]]] = {}
+        self._tx_key: dict[tuple[str, int], str] = {}
+
+    async def load(self) -> None:
+        for identity, provisional, key in await self.store.running_transactions():
+            self.started(identity, provisional, key)
+
+    # -- running transactions -------------------------------------------------------
+
+    def started(self, identity: str, tx_id: int, key: str) -> None:
+        self._active.setdefault(key, set()).add((identity, tx_id))
+        self._tx_key[(identity, tx_id)] = key
+
+    def stopped(self, identity: str, tx_id: int) -> None:
+        key = self._tx_key.pop((identity, tx_id), None)
+        if key is None:
+            return
+        holders = self._active.get(key)
+        if holders is not None:
+            holders.discard((identity, tx_id))
+            if not holders:
+                del self._active[key]
+
+    def charging(self, key: str) -> bool:
+        return bool(self._active.get(key))
+
+    # -- decisions -----------------------------------------------------------------
+
+    async def decide(
+        self, identity: str, key: str, *, for_start: bool, valid: bool = True
+    ) -> AuthDecision:
+        charger, site, cache = await self.store.auth_entries(identity, key)
+        return authorize(
+            key,
+            now=datetime.now(UTC),
+            charger_list={key: charger} if charger else {},
+            site_list={key: site} if site else {},
+            cache={key: cache} if cache else {},
+            allow_unknown=self.policy.allow_offline_tx_for_unknown_id,
+            concurrent_tx=self.policy.concurrent_tx,
+            active_elsewhere=self.charging(key),
+            for_start=for_start,
+            valid=valid,
+        )
+
+    # -- learning from what passes through -----------------------------------------
+
+    async def exchange(self, session: Session, effect: Exchange) -> None:
+        answer = effect.answer
+        if not isinstance(answer, CallResult) or not isinstance(answer.payload, dict):
+            return
+        call = effect.call
+        request = call.payload if isinstance(call.payload, dict) else {}
+        result = answer.payload
+        identity = session.identity
+        action = call.action
+        if effect.origin is Origin.CHARGER:
+            if action == "BootNotification":
+                await self.store.record_boot(
+                    identity,
+                    session.subprotocol,
+                    call.raw,
+                    replay=False,
+                    accepted=result.get("status") == "Accepted",
+                )
+                return
+            if action == "StatusNotification":
+                connector = request.get("connectorId")
+                if isinstance(connector, int):
+                    await self.store.record_status(
+                        identity, connector, request.get("status"), call.raw, replay=False
+                    )
+                return
+            key = self._request_key(request)
+            info = result.get("idTagInfo") or result.get("idTokenInfo")
+            if action == "StartTransaction" and isinstance(result.get("transactionId"), int):
+                if key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
+                    self.started(identity, result["transactionId"], key)
+            elif action == "StopTransaction" and isinstance(request.get("transactionId"), int):
+                self.stopped(identity, request["transactionId"])
+            if key is not None:
+                await self._learn(identity, key, info)
+        elif action == "SendLocalList" and result.get("status") == "Accepted":
+            await self._learn_list(identity, request)
+        elif action == "GetLocalListVersion" and isinstance(result.get("listVersion"), int):
+            version = result["listVersion"]
+            if version == 0:
+                await self.store.save_charger_list(identity, 0, {})
+
+    @staticmethod
+    def _request_key(request: dict[str, Any]) -> str | None:
+        tag = request.get("idTag")
+        if isinstance(tag, str):
+            return token_key(tag, None)
+        token = request.get("idToken")
+        if isinstance(token, dict) and isinstance(token.get("idToken"), str):
+            return token_key(token["idToken"], str(token.get("type")))
+        return None
+
+    async def _learn(self, identity: str, key: str, info: Any) -> None:
+        entry = id_tag_info_entry(info)
+        if entry is None:
+            return
+        if await self.store.in_any_local_list(key):
+            return
+        await self.store.cache_put(key, entry)
+
+    async def _learn_list(self, identity: str, request: dict[str, Any]) -> None:
+        version = request.get("listVersion") or request.get("versionNumber")
+        update_type = request.get("updateType")
+        items = request.get("localAuthorizationList") or []
+        if update_type not in ("Full", "Differential") or not isinstance(items, list):
+            return
+        entries: list[tuple[str, AuthEntry | None]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            key = self._request_key(item)
+            if key is None:
+                continue
+            info = item.get("idTagInfo") or item.get("idTokenInfo")
+            entries.append((key, id_tag_info_entry(info) if info is not None else None))
+        current = await self.store.charger_list(identity)
+        updated = apply_update(
+            current,
+            ListUpdate(
+                version if isinstance(version, int) else 0,
+                update_type,
+                tuple(entries),
+            ),
+        )
+        await self.store.save_charger_list(
+            identity, version if isinstance(version, int) else None, updated
+        )

@@ -1,0 +1,619 @@
+"""The store: one SQLite file in WAL mode, through aiosqlite.
+
+One owner writes: every change goes through :meth:`Store._write`, which a single writer
+task turns into transactions, committing all the changes waiting at that moment with one
+fsync (group commit, ``synchronous=FULL``). A change is durable when its ``await``
+returns; the offline responder answers a charger only after that. Reads use a second,
+read-only connection and see committed data only. Every read of the outbox is
+``ORDER BY seq``.
+
+Tables: ``outbox`` (per-charger transaction messages, dead letters kept with
+``state='dead'``), ``transactions`` (provisional 1.6 ids, their CSMS ids), the site local
+list, the chargers' own local lists, the authorization cache, the charger registry (last
+BootNotification, last status per connector) and ``meta``. The schema version is
+``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from policies.authorization import AuthEntry, AuthStatus
+
+MIGRATIONS: tuple[str, ...] = (
+    # version 1
+    """
+    CREATE TABLE outbox(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        identity TEXT NOT NULL,
+        action TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        frame TEXT NOT NULL,
+        tx_id INTEGER,
+        dedupe_key TEXT,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT,
+        UNIQUE(identity, dedupe_key)
+    );
+    CREATE INDEX outbox_by_charger ON outbox(identity, state, seq);
+    CREATE TABLE transactions(
+        provisional INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL,
+        id_key TEXT NOT NULL,
+        connector INTEGER NOT NULL,
+        meter_start INTEGER NOT NULL,
+        started TEXT NOT NULL,
+        status TEXT NOT NULL,
+        real INTEGER,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        UNIQUE(identity, dedupe_key)
+    );
+    CREATE TABLE site_list(
+        key TEXT PRIMARY KEY, status TEXT NOT NULL, expiry TEXT, parent TEXT
+    );
+    CREATE TABLE charger_lists(
+        identity TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL, expiry TEXT,
+        parent TEXT, PRIMARY KEY(identity, key)
+    );
+    CREATE TABLE charger_list_versions(identity TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    CREATE TABLE auth_cache(
+        key TEXT PRIMARY KEY, status TEXT NOT NULL, expiry TEXT, parent TEXT,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE chargers(
+        identity TEXT PRIMARY KEY,
+        ocpp_version TEXT,
+        boot_frame TEXT,
+        boot_at REAL,
+        boot_replay INTEGER NOT NULL DEFAULT 0,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL
+    );
+    CREATE TABLE connector_status(
+        identity TEXT NOT NULL, connector INTEGER NOT NULL, frame TEXT NOT NULL,
+        status TEXT, updated REAL NOT NULL, replay INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY(identity, connector)
+    );
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX charger_lists_by_key ON charger_lists(key);
+    """,
+)
+
+
+class StoreError(Exception):
+    """The store could not commit (disk full, locked, I/O error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A charger message to be kept until the CSMS has it."""
+
+    identity: str
+    action: str
+    message_id: str
+    frame: str
+    tx_id: int | None = None
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    identity: str
+    action: str
+    message_id: str
+    frame: str
+    tx_id: int | None
+    created: float
+    attempts: int
+    state: str
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTransaction:
+    """An offline StartTransaction: the provisional id is given by the store."""
+
+    identity: str
+    dedupe_key: str
+    id_key: str
+    connector: int
+    meter_start: int
+    started: str
+    #: The authorization status answered to the charger.
+    status: str
+
+
+Statement = tuple[str, Sequence[Any]]
+
+
+@dataclass(slots=True)
+class _Change:
+    statements: list[Statement]
+    done: asyncio.Future[None]
+
+
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity, dedupe_key) DO NOTHING"
+)
+_OUTBOX_COLUMNS = (
+    "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error"
+)
+
+
+def _entry_row(entry: AuthEntry) -> tuple[str, str | None, str | None]:
+    expiry = entry.expiry.isoformat() if entry.expiry is not None else None
+    return (entry.status.value, expiry, entry.parent_id_tag)
+
+
+def _row_entry(status: str, expiry: str | None, parent: str | None) -> AuthEntry:
+    return AuthEntry(AuthStatus(status), datetime.fromisoformat(expiry) if expiry else None, parent)
+
+
+class Store:
+    """The controller's durable state."""
+
+    def __init__(
+        self, path: Path, *, busy_timeout_ms: int = 2000, tx_id_start: int = 2_000_000_000
+    ):
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._tx_id_start = tx_id_start
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Change] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._next_tx: int = tx_id_start
+        self._tx_lock = asyncio.Lock()
+        #: Seconds each group commit took, newest last (bounded); for metrics.
+        self.commit_seconds: list[float] = []
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db = db
+        await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate(db)
+        self._reader = await aiosqlite.connect(
+            f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+        )
+        await self._reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        async with db.execute("SELECT MAX(provisional) FROM transactions") as cur:
+            row = await cur.fetchone()
+        top = row[0] if row and row[0] is not None else None
+        self._next_tx = max(self._tx_id_start, (top or 0) + 1)
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN; {script}; PRAGMA user_version={target}; COMMIT;")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        for conn in (self._reader, self._db):
+            if conn is not None:
+                await conn.close()
+        if self._db is not None:
+            # A clean close checkpoints the WAL into the main file.
+            self._db = None
+            self._reader = None
+
+    async def pragmas(self) -> dict[str, Any]:
+        """The settings that durability depends on, as SQLite reports them."""
+        db = self._require()
+        out: dict[str, Any] = {}
+        for name in ("journal_mode", "synchronous", "busy_timeout", "user_version"):
+            async with db.execute(f"PRAGMA {name}") as cur:
+                row = await cur.fetchone()
+            out[name] = row[0] if row else None
+        return out
+
+    async def integrity_check(self) -> str:
+        async with self._require().execute("PRAGMA integrity_check") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else "no answer"
+
+    def _require(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    # -- the single writer ---------------------------------------------------------
+
+    async def _write(self, statements: list[Statement]) -> None:
+        """Commit ``statements`` as part of the next group commit; durable on return."""
+        if self._writer is None or self._writer.done():
+            raise StoreError("the store is not open")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Change(statements, done))
+        await done
+
+    async def _write_loop(self) -> None:
+        db = self._require()
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            started = time.perf_counter()
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._run_grouped(db, [s for c in batch for s in c.statements])
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await db.execute("ROLLBACK")
+                    raise
+            except asyncio.CancelledError:
+                for change in batch:
+                    if not change.done.done():
+                        change.done.set_exception(StoreError("the store is closing"))
+                raise
+            except Exception as exc:
+                error = StoreError(f"commit failed: {exc}")
+                for change in batch:
+                    if not change.done.done():
+                        change.done.set_exception(error)
+                continue
+            self.commit_seconds.append(time.perf_counter() - started)
+            if len(self.commit_seconds) > 1024:
+                del self.commit_seconds[:512]
+            for change in batch:
+                if not change.done.done():
+                    change.done.set_result(None)
+
+    @staticmethod
+    async def _run_grouped(db: aiosqlite.Connection, statements: list[Statement]) -> None:
+        """Run statements in order, consecutive runs of the same SQL as one executemany."""
+        i = 0
+        n = len(statements)
+        while i < n:
+            sql = statements[i][0]
+            j = i + 1
+            while j < n and statements[j][0] == sql:
+                j += 1
+            if j - i == 1:
+                await db.execute(sql, statements[i][1])
+            else:
+                await db.executemany(sql, [s[1] for s in statements[i:j]])
+            i = j
+
+    # -- outbox ---------------------------------------------------------------------
+
+    async def append(self, item: OutboxItem, *extra: Statement) -> None:
+        """Commit one outbox message (and any ``extra`` statements with it).
+
+        A message whose ``dedupe_key`` is already stored for the charger is not stored
+        again (the charger's retry of a message it got no answer for).
+        """
+        await self._write([(_OUTBOX_INSERT, self._outbox_params(item)), *extra])
+
+    @staticmethod
+    def _outbox_params(item: OutboxItem) -> tuple[Any, ...]:
+        return (
+            item.identity,
+            item.action,
+            item.message_id,
+            item.frame,
+            item.tx_id,
+            item.dedupe_key,
+            time.time(),
+        )
+
+    async def start_transaction(self, tx: NewTransaction, item: OutboxItem) -> tuple[int, str]:
+        """Commit an offline StartTransaction; its provisional id and answered status.
+
+        A retry of a StartTransaction already stored (same dedupe key) gets the id and
+        the status answered the first time.
+        """
+        async with self._tx_lock:
+            existing = await self.transaction_by_key(tx.identity, tx.dedupe_key)
+            if existing is not None:
+                return existing
+            provisional = self._next_tx
+            self._next_tx += 1
+            await self._write(
+                [
+                    (
+                        "INSERT INTO transactions(provisional, identity, dedupe_key, id_key,"
+                        " connector, meter_start, started, status)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            provisional,
+                            tx.identity,
+                            tx.dedupe_key,
+                            tx.id_key,
+                            tx.connector,
+                            tx.meter_start,
+                            tx.started,
+                            tx.status,
+                        ),
+                    ),
+                    (
+                        _OUTBOX_INSERT,
+                        self._outbox_params(
+                            OutboxItem(
+                                item.identity,
+                                item.action,
+                                item.message_id,
+                                item.frame,
+                                provisional,
+                                item.dedupe_key,
+                            )
+                        ),
+                    ),
+                ]
+            )
+            return provisional, tx.status
+
+    async def transaction_by_key(self, identity: str, dedupe_key: str) -> tuple[int, str] | None:
+        async with self._read().execute(
+            "SELECT provisional, status FROM transactions WHERE identity = ? AND dedupe_key = ?",
+            (identity, dedupe_key),
+        ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def mark_stopped(self, identity: str, provisional: int) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE transactions SET stopped = 1 WHERE identity = ? AND provisional = ?",
+                    (identity, provisional),
+                )
+            ]
+        )
+
+    async def running_transactions(self) -> list[tuple[str, int, str]]:
+        """(identity, provisional id, id key) of offline transactions not yet stopped."""
+        async with self._read().execute(
+            "SELECT identity, provisional, id_key FROM transactions"
+            " WHERE stopped = 0 AND status = 'Accepted'"
+            " ORDER BY provisional"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    async def outbox(
+        self, identity: str | None = None, *, state: str = "pending", limit: int = 1000
+    ) -> list[OutboxRow]:
+        """Stored messages, oldest first."""
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ?"  # noqa: S608 - a constant column list
+        params: list[Any] = [state]
+        if identity is not None:
+            sql += " AND identity = ?"
+            params.append(identity)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        async with self._read().execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [OutboxRow(*r) for r in rows]
+
+    async def outbox_depth(self, identity: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
+        params: tuple[Any, ...] = ()
+        if identity is not None:
+            sql += " AND identity = ?"
+            params = (identity,)
+        async with self._read().execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- local lists and cache -------------------------------------------------------
+
+    async def load_site_list(self) -> dict[str, AuthEntry]:
+        async with self._read().execute("SELECT key, status, expiry, parent FROM site_list") as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
+
+    async def replace_site_list(self, entries: dict[str, AuthEntry]) -> None:
+        """Replace the whole site list in one transaction (all or nothing)."""
+        statements: list[Statement] = [("DELETE FROM site_list", ())]
+        statements.extend(
+            (
+                "INSERT INTO site_list(key, status, expiry, parent) VALUES (?, ?, ?, ?)",
+                (key, *_entry_row(entry)),
+            )
+            for key, entry in entries.items()
+        )
+        await self._write(statements)
+
+    async def load_charger_list_versions(self) -> dict[str, int]:
+        async with self._read().execute(
+            "SELECT identity, version FROM charger_list_versions"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def save_charger_list(
+        self, identity: str, version: int | None, entries: dict[str, AuthEntry]
+    ) -> None:
+        statements: list[Statement] = [
+            ("DELETE FROM charger_lists WHERE identity = ?", (identity,))
+        ]
+        statements.extend(
+            (
+                "INSERT INTO charger_lists(identity, key, status, expiry, parent)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (identity, key, *_entry_row(entry)),
+            )
+            for key, entry in entries.items()
+        )
+        if version is not None:
+            statements.append(
+                (
+                    "INSERT INTO charger_list_versions(identity, version) VALUES (?, ?)"
+                    " ON CONFLICT(identity) DO UPDATE SET version = excluded.version",
+                    (identity, version),
+                )
+            )
+        await self._write(statements)
+
+    async def auth_entries(
+        self, identity: str, key: str
+    ) -> tuple[AuthEntry | None, AuthEntry | None, AuthEntry | None]:
+        """The charger's list entry, the site list entry and the cache entry for ``key``."""
+        async with self._read().execute(
+            "SELECT 0, status, expiry, parent FROM charger_lists WHERE identity = ? AND key = ?"
+            " UNION ALL SELECT 1, status, expiry, parent FROM site_list WHERE key = ?"
+            " UNION ALL SELECT 2, status, expiry, parent FROM auth_cache WHERE key = ?",
+            (identity, key, key, key),
+        ) as cur:
+            rows = await cur.fetchall()
+        found: list[AuthEntry | None] = [None, None, None]
+        for r in rows:
+            found[int(r[0])] = _row_entry(r[1], r[2], r[3])
+        return found[0], found[1], found[2]
+
+    async def in_any_local_list(self, key: str) -> bool:
+        """Whether ``key`` is in the site list or in any charger's list."""
+        async with self._read().execute(
+            "SELECT EXISTS(SELECT 1 FROM site_list WHERE key = ?)"
+            " OR EXISTS(SELECT 1 FROM charger_lists WHERE key = ?)",
+            (key, key),
+        ) as cur:
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def charger_list(self, identity: str) -> dict[str, AuthEntry]:
+        async with self._read().execute(
+            "SELECT key, status, expiry, parent FROM charger_lists WHERE identity = ?",
+            (identity,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
+
+    async def load_cache(self) -> dict[str, AuthEntry]:
+        async with self._read().execute(
+            "SELECT key, status, expiry, parent FROM auth_cache"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
+
+    async def cache_put(self, key: str, entry: AuthEntry) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO auth_cache(key, status, expiry, parent, updated)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+                    " status = excluded.status, expiry = excluded.expiry,"
+                    " parent = excluded.parent, updated = excluded.updated",
+                    (key, *_entry_row(entry), time.time()),
+                )
+            ]
+        )
+
+    async def cache_clear(self) -> None:
+        await self._write([("DELETE FROM auth_cache", ())])
+
+    # -- charger registry ------------------------------------------------------------
+
+    async def record_boot(
+        self, identity: str, version: str, frame: str, *, replay: bool, accepted: bool | None
+    ) -> None:
+        """Keep a charger's last BootNotification (``replay``: sent while offline)."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO chargers(identity, ocpp_version, boot_frame, boot_at,"
+                    " boot_replay, accepted, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(identity) DO UPDATE SET ocpp_version = excluded.ocpp_version,"
+                    " boot_frame = excluded.boot_frame, boot_at = excluded.boot_at,"
+                    " boot_replay = excluded.boot_replay,"
+                    " accepted = MAX(chargers.accepted, excluded.accepted),"
+                    " last_seen = excluded.last_seen",
+                    (
+                        identity,
+                        version,
+                        frame,
+                        time.time(),
+                        int(replay),
+                        int(bool(accepted)),
+                        time.time(),
+                    ),
+                )
+            ]
+        )
+
+    async def charger(self, identity: str) -> dict[str, Any] | None:
+        async with self._read().execute(
+            "SELECT identity, ocpp_version, boot_frame, boot_at, boot_replay, accepted,"
+            " last_seen FROM chargers WHERE identity = ?",
+            (identity,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        keys = (
+            "identity",
+            "ocpp_version",
+            "boot_frame",
+            "boot_at",
+            "boot_replay",
+            "accepted",
+            "last_seen",
+        )
+        return dict(zip(keys, row, strict=True))
+
+    async def record_status(
+        self, identity: str, connector: int, status: str | None, frame: str, *, replay: bool
+    ) -> None:
+        """Keep the last StatusNotification per connector (``replay``: sent offline)."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO connector_status(identity, connector, frame, status, updated,"
+                    " replay) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(identity, connector)"
+                    " DO UPDATE SET frame = excluded.frame, status = excluded.status,"
+                    " updated = excluded.updated, replay = excluded.replay",
+                    (identity, connector, frame, status, time.time(), int(replay)),
+                )
+            ]
+        )
+
+    async def connector_statuses(self, identity: str) -> list[dict[str, Any]]:
+        async with self._read().execute(
+            "SELECT connector, status, frame, updated, replay FROM connector_status"
+            " WHERE identity = ? ORDER BY connector",
+            (identity,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {"connector": r[0], "status": r[1], "frame": r[2], "updated": r[3], "replay": r[4]}
+            for r in rows
+        ]
+
+    async def identities(self) -> Iterable[str]:
+        async with self._read().execute("SELECT identity FROM chargers ORDER BY identity") as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
