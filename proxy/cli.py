@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from config.settings import Settings, SettingsError, load_settings
+from policies.local_list import ListFormatError, format_csv, parse_csv
+from proxy.store import Store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -29,7 +32,81 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a settings file and exit")
     check.add_argument("file", nargs="?", metavar="FILE", help="settings file (TOML)")
     check.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    ll = sub.add_parser("local-list", help="the operator's site local list")
+    ll_sub = ll.add_subparsers(dest="ll_command", required=True, metavar="ACTION")
+    imp = ll_sub.add_parser(
+        "import", help="replace the site list with a CSV file (all rows or none)"
+    )
+    imp.add_argument("file", metavar="FILE", help="CSV: id_tag,status,expiry,parent_id_tag")
+    imp.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    exp = ll_sub.add_parser("export", help="write the site list as CSV")
+    exp.add_argument("file", nargs="?", default="-", metavar="FILE", help="output (default -)")
+    exp.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    show = ll_sub.add_parser("show", help="print the site list")
+    show.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    ob = sub.add_parser("outbox", help="messages stored for the CSMS")
+    ob_sub = ob.add_subparsers(dest="ob_command", required=True, metavar="ACTION")
+    ob_show = ob_sub.add_parser("show", help="list stored messages, oldest first")
+    ob_show.add_argument("--charger", metavar="IDENTITY", help="only this charger")
+    ob_show.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     return p
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+    store = Store(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _local_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ll_command == "import":
+        try:
+            text = Path(args.file).read_text(encoding="utf-8-sig")
+            entries = parse_csv(text)
+        except OSError as exc:
+            print(f"ocpp-lc: cannot read {args.file}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except ListFormatError as exc:
+            print(f"ocpp-lc: {args.file}: {exc}; nothing imported", file=sys.stderr)
+            return EXIT_FAILURE
+
+        async def replace(store: Store) -> int:
+            await store.replace_site_list(entries)
+            return EXIT_OK
+
+        code = asyncio.run(_with_store(settings, replace))
+        print(f"imported {len(entries)} entries from {args.file}")
+        return code
+
+    out: list[str] = []
+
+    async def export(store: Store) -> int:
+        out.append(format_csv(dict(sorted((await store.load_site_list()).items()))))
+        return EXIT_OK
+
+    code = asyncio.run(_with_store(settings, export))
+    if args.ll_command == "show" or args.file == "-":
+        sys.stdout.write(out[0])
+    else:
+        Path(args.file).write_text(out[0], encoding="utf-8")
+    return code
+
+
+def _outbox(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(store: Store) -> int:
+        rows = await store.outbox(args.charger, limit=100_000)
+        print("seq\tcharger\taction\tmessage_id\ttransaction_id\tattempts\tstate")
+        for r in rows:
+            print(
+                f"{r.seq}\t{r.identity}\t{r.action}\t{r.message_id}\t{r.tx_id or ''}"
+                f"\t{r.attempts}\t{r.state}"
+            )
+        return EXIT_OK
+
+    return asyncio.run(_with_store(settings, show))
 
 
 def _run_loop(settings: Settings) -> None:
@@ -63,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ocpp-lc: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "local-list":
+        return _local_list(args, settings)
+    if args.command == "outbox":
+        return _outbox(args, settings)
     from config.logging import setup_logging
 
     setup_logging(settings.log)
