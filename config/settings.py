@@ -68,6 +68,12 @@ class CsmsSettings(_Section):
     compression: bool = False
     #: Seconds the controller waits for the CSMS to answer a call it forwarded.
     call_timeout: float = Field(default=30.0, gt=0)
+    #: Reconnect back-off of each uplink: first wait, cap, random jitter added (s).
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+    reconnect_jitter: float = Field(default=2.0, ge=0)
+    #: Uplinks the controller opens per second at most, site-wide (no stampede).
+    connect_rate: float = Field(default=50.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -122,8 +128,37 @@ class PolicySettings(_Section):
     allow_offline_tx_for_unknown_id: bool = False
     #: Refuse a start (ConcurrentTx) for an idTag already charging elsewhere on the site.
     concurrent_tx: bool = True
+    #: A transaction started offline whose id the CSMS refuses on replay: stop it with
+    #: reason DeAuthorized (StopTransactionOnInvalidId) ...
+    stop_on_invalid_id: bool = True
+    #: ... or else let it go on until this many Wh have been delivered since its start,
+    #: then suspend energy with a 0 limit (MaxEnergyOnInvalidId).
+    max_energy_on_invalid_id: int = Field(default=0, ge=0)
     #: First provisional OCPP 1.6 transactionId handed out offline (a reserved range).
     provisional_tx_id_start: int = Field(default=2_000_000_000, ge=1, le=2**31 - 1)
+
+
+class ReplaySettings(_Section):
+    """Delivery of stored messages once the uplink is back (OCPP 1.6 §3.7.1)."""
+
+    #: Transmissions of a message the CSMS answers with a CALLERROR before it becomes a
+    #: dead letter (TransactionMessageAttempts).
+    transaction_message_attempts: int = Field(default=3, ge=1)
+    #: Seconds; the wait before retry n is this times n (TransactionMessageRetryInterval).
+    transaction_message_retry_interval: float = Field(default=60.0, ge=0)
+    #: Longest wait (s) before a BootNotification answered Pending/Rejected is replayed.
+    boot_retry_max: float = Field(default=60.0, gt=0)
+    #: Days a transaction id mapping is kept after its StopTransaction was delivered.
+    mapping_grace_days: float = Field(default=7.0, ge=0)
+
+
+class ChargerSettings(_Section):
+    """One charger's registration and its overrides of the site policy."""
+
+    stop_on_invalid_id: bool | None = None
+    max_energy_on_invalid_id: int | None = Field(default=None, ge=0)
+    transaction_message_attempts: int | None = Field(default=None, ge=1)
+    transaction_message_retry_interval: float | None = Field(default=None, ge=0)
 
 
 class LocalListSettings(_Section):
@@ -158,6 +193,9 @@ class Settings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     policy: PolicySettings = PolicySettings()
     local_list: LocalListSettings = LocalListSettings()
+    replay: ReplaySettings = ReplaySettings()
+    #: ``[chargers.<identity>]``: per-charger registration and policy overrides.
+    chargers: dict[str, ChargerSettings] = Field(default_factory=dict)
     runtime: RuntimeSettings = RuntimeSettings()
 
     @classmethod
@@ -174,6 +212,23 @@ class Settings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+def charger_policy(settings: Settings, identity: str) -> tuple[bool, int, int, float]:
+    """The effective (stop_on_invalid_id, max_energy_on_invalid_id Wh,
+    transaction_message_attempts, transaction_message_retry_interval) of a charger."""
+    own = settings.chargers.get(identity) or ChargerSettings()
+    policy, replay = settings.policy, settings.replay
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return (
+        pick(own.stop_on_invalid_id, policy.stop_on_invalid_id),
+        pick(own.max_energy_on_invalid_id, policy.max_energy_on_invalid_id),
+        pick(own.transaction_message_attempts, replay.transaction_message_attempts),
+        pick(own.transaction_message_retry_interval, replay.transaction_message_retry_interval),
+    )
 
 
 def _describe(err: ValidationError) -> str:

@@ -19,6 +19,7 @@ from policies.local_list import parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
 from proxy.offline import OfflineResponder
+from proxy.replay import Replayer
 from proxy.site import Site
 from proxy.store import Store
 
@@ -36,7 +37,11 @@ class Controller:
         )
         self.site = Site(self.store, settings.policy)
         self.responder = OfflineResponder(settings, self.store, self.site)
-        self.chargers = ChargerServer(settings, responder=self.responder, observer=self.site)
+        self.replayer = Replayer(settings, self.store)
+        self.site.on_meter = self.replayer.meter
+        self.chargers = ChargerServer(
+            settings, responder=self.responder, observer=self.site, replayer=self.replayer
+        )
         self.admin = AdminServer(settings.admin, build_app(self.ready, self.status))
         self._ready = False
 

@@ -26,8 +26,9 @@ from websockets.typing import Subprotocol
 
 from config.logging import get_logger
 from config.settings import Settings
+from proxy.replay import Replayer
 from proxy.router import Router, State
-from proxy.session import Observer, Responder, Session
+from proxy.session import ConnectLimiter, Observer, Reconnect, Responder, Session
 from proxy.uplink import UplinkRefused, UplinkRequest, UplinkUnavailable, open_uplink
 from proxy.versions import SUPPORTED_SUBPROTOCOLS, dialect_for
 
@@ -61,6 +62,8 @@ class _Handshake:
     identity: str
     uplink: ClientConnection | None
     subprotocol: str | None
+    authorization: str | None = None
+    user_agent: str | None = None
 
 
 class ChargerServer:
@@ -72,10 +75,13 @@ class ChargerServer:
         *,
         responder: Responder | None = None,
         observer: Observer | None = None,
+        replayer: Replayer | None = None,
     ) -> None:
         self.settings = settings
         self.responder = responder
         self.observer = observer
+        self.replayer = replayer
+        self.limiter = ConnectLimiter(settings.csms.connect_rate)
         self.sessions: dict[str, Session] = {}
         self._handshakes: dict[Any, _Handshake] = {}
         self._server: Server | None = None
@@ -135,15 +141,13 @@ class ChargerServer:
             self._handshakes[connection] = _Handshake(identity, None, None)
             log.warning("charger_refused", reason="no_supported_subprotocol", offered=offered)
             return None
+        authorization = request.headers.get("Authorization")
+        user_agent = request.headers.get("User-Agent")
         try:
+            await self.limiter.acquire()
             uplink = await open_uplink(
                 self.settings.csms,
-                UplinkRequest(
-                    identity,
-                    tuple(ours),
-                    request.headers.get("Authorization"),
-                    request.headers.get("User-Agent"),
-                ),
+                UplinkRequest(identity, tuple(ours), authorization, user_agent),
             )
         except UplinkRefused as exc:
             log.warning("charger_refused", reason="csms_refused", status=exc.status)
@@ -156,9 +160,13 @@ class ChargerServer:
                 )
             log.info("uplink_unavailable", error=str(exc))
             chosen = next(p for p in SUPPORTED_SUBPROTOCOLS if p in ours)
-            self._handshakes[connection] = _Handshake(identity, None, chosen)
+            self._handshakes[connection] = _Handshake(
+                identity, None, chosen, authorization, user_agent
+            )
             return None
-        self._handshakes[connection] = _Handshake(identity, uplink, uplink.subprotocol)
+        self._handshakes[connection] = _Handshake(
+            identity, uplink, uplink.subprotocol, authorization, user_agent
+        )
         asyncio.get_running_loop().call_later(
             self.settings.listen.open_timeout + 1.0, self._reap, connection
         )
@@ -170,6 +178,18 @@ class ChargerServer:
         if hs is not None and hs.uplink is not None:
             self.log.info("uplink_reaped", charger=hs.identity)
             asyncio.get_running_loop().create_task(hs.uplink.close(1001))
+
+    async def _has_backlog(self, identity: str) -> bool:
+        """Whether a charger has anything waiting for replay (after an outage or restart)."""
+        if self.replayer is None:
+            return False
+        store = self.replayer.store
+        if await store.outbox_depth(identity):
+            return True
+        record = await store.charger(identity)
+        if record is not None and record["boot_replay"]:
+            return True
+        return any(s["replay"] for s in await store.connector_statuses(identity))
 
     def _serves_offline(self) -> bool:
         return self.settings.offline.mode == "serve"
@@ -203,22 +223,37 @@ class ChargerServer:
             watched_actions=dialect.watched_actions if self.observer else frozenset(),
             state=State.ONLINE if hs.uplink is not None else State.OFFLINE,
         )
+        serves = self._serves_offline()
         session = Session(
             hs.identity,
             connection,
             hs.uplink,
             router,
             log,
-            responder=self.responder if self._serves_offline() else None,
+            responder=self.responder if serves else None,
             observer=self.observer,
+            reconnect=Reconnect(
+                self.settings.csms,
+                UplinkRequest(hs.identity, (dialect.subprotocol,), hs.authorization, hs.user_agent),
+                self.limiter,
+                self.replayer,
+            )
+            if serves
+            else None,
         )
+        if self.replayer is not None:
+            await self.replayer.attach(session)
+            if hs.uplink is not None and await self._has_backlog(hs.identity):
+                router.uplink_back(draining=True)
         old = self.sessions.get(hs.identity)
         self.sessions[hs.identity] = session
         if old is not None:
             log.warning("charger_replaced")
             with contextlib.suppress(Exception):
                 await old.charger.close(1008, "replaced by a newer connection")
-        log.info("charger_connected", uplink=hs.uplink is not None)
+        log.info("charger_connected", uplink=hs.uplink is not None, state=router.state.value)
+        if router.state is State.DRAINING and self.replayer is not None:
+            session._spawn(self.replayer.drain(session), "drain")
         try:
             await session.run()
         finally:

@@ -212,6 +212,8 @@ async def _stop16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]
 async def _stored16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
     tx_id = p.get("transactionId")
     await r.store_message(s, call, p, tx_id if isinstance(tx_id, int) else None)
+    if call.action == "MeterValues" and r.site.on_meter is not None:
+        await r.site.on_meter(s, p)
     return frames.result(call.id, {})
 
 

@@ -74,6 +74,14 @@ class OwnResult:
 
 
 @dataclass(slots=True, frozen=True)
+class ReplayResult:
+    """The CSMS answered a call the controller sent upstream (a replayed message)."""
+
+    call: Call
+    answer: CallResult | CallError
+
+
+@dataclass(slots=True, frozen=True)
 class Exchange:
     """A call and its answer passed through; the session may learn from it."""
 
@@ -90,7 +98,7 @@ class Note:
     fields: dict[str, Any]
 
 
-Effect = ToCsms | ToCharger | Answer | OwnResult | Exchange | Note
+Effect = ToCsms | ToCharger | Answer | OwnResult | ReplayResult | Exchange | Note
 
 
 @dataclass(slots=True)
@@ -116,16 +124,23 @@ class Router:
         self.state = state
         self._call_timeout = call_timeout
         self._max_queued = max_queued_calls
-        self._watched = watched_actions
-        # charger -> CSMS: the call awaiting the CSMS, and the ones the charger sent meanwhile
+        self.watched = set(watched_actions)
+        # charger or controller -> CSMS: the call awaiting the CSMS, and those waiting
         self._up: _Pending | None = None
-        self._up_queue: deque[Call] = deque()
+        self._up_queue: deque[tuple[Call, Origin]] = deque()
+        #: OCPP 1.6 transaction ids: provisional -> CSMS id (-1 when the start was
+        #: dead-lettered), CSMS id -> provisional, and transactions stopped DeAuthorized.
+        self.tx_up: dict[int, int] = {}
+        self.tx_down: dict[int, int] = {}
+        self.deauthorized: set[int] = set()
         # CSMS or controller -> charger
         self._down: _Pending | None = None
         self._down_queue: deque[tuple[Call, Origin]] = deque()
         # the last charger call answered, for an idempotent answer to a retry (same id)
         self._last_call: Call | None = None
         self._last_answer: str | None = None
+        #: The id of the last call the controller sent to the charger.
+        self.last_own_call_id = ""
 
     # -- charger side -------------------------------------------------------------
 
@@ -159,8 +174,8 @@ class Router:
             return [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
         up = self._up
         if up is not None:
-            if up.call.id == call.id or any(q.id == call.id for q in self._up_queue):
-                if up.call.raw == call.raw or any(q.raw == call.raw for q in self._up_queue):
+            if up.call.id == call.id or any(q.id == call.id for q, _ in self._up_queue):
+                if up.call.raw == call.raw or any(q.raw == call.raw for q, _ in self._up_queue):
                     return [Note("charger_retry_pending", {"message_id": call.id})]
                 return self._refuse(
                     FrameError(
@@ -178,20 +193,54 @@ class Router:
                         "charger_calls_overflow",
                         to_charger=True,
                     )
-                self._up_queue.append(call)
-                return [Note("charger_call_queued", {"action": call.action})]
+                if self._goes_up(call):
+                    self._up_queue.append((call, Origin.CHARGER))
+                    return [Note("charger_call_queued", {"action": call.action})]
+                return [Answer(call)]
             self._up = None
             return [
                 Note("csms_answer_timed_out", {"action": up.call.action}),
-                *self._send_up(call, now),
+                *self._send_up(call, Origin.CHARGER, now),
             ]
-        return self._send_up(call, now)
+        return self._send_up(call, Origin.CHARGER, now)
 
-    def _send_up(self, call: Call, now: float) -> list[Effect]:
-        if self.state is State.ONLINE:
-            self._up = _Pending(call, Origin.CHARGER, now)
-            return [ToCsms(call.raw)]
-        return [Answer(call)]
+    def _goes_up(self, call: Call) -> bool:
+        """Whether a charger call is forwarded now (else it is answered locally)."""
+        state = self.state
+        if state is State.ONLINE:
+            return True
+        return state is State.DRAINING and call.action not in self.dialect.stored_actions
+
+    def _send_up(self, call: Call, origin: Origin, now: float) -> list[Effect]:
+        if origin is Origin.CHARGER:
+            if not self._goes_up(call):
+                return [Answer(call)]
+            if self.tx_up and call.action in self.dialect.transaction_actions:
+                call = self.dialect.rewrite_up(call, self.tx_up, self.deauthorized)
+        self._up = _Pending(call, origin, now)
+        return [ToCsms(call.raw)]
+
+    def replay_call(self, call: Call, now: float) -> list[Effect]:
+        """Send a call of the controller's own upstream, in the one slot (queued if busy)."""
+        if self._up is not None and now - self._up.since <= self._call_timeout:
+            self._up_queue.append((call, Origin.CONTROLLER))
+            return []
+        self._up = None
+        return self._send_up(call, Origin.CONTROLLER, now)
+
+    def abandon_upstream(self, message_id: str, now: float) -> list[Effect]:
+        """Give up waiting for the CSMS to answer a controller call; free the slot."""
+        if self._up is not None and self._up.call.id == message_id:
+            self._up = None
+            return self._next_up(now)
+        self._up_queue = deque(x for x in self._up_queue if x[0].id != message_id)
+        return []
+
+    def _next_up(self, now: float) -> list[Effect]:
+        if self._up_queue and self.state is not State.OFFLINE:
+            call, origin = self._up_queue.popleft()
+            return self._send_up(call, origin, now)
+        return []
 
     def _charger_answer(self, answer: CallResult | CallError, now: float) -> list[Effect]:
         down = self._down
@@ -205,7 +254,7 @@ class Router:
             effects = [Note("csms_call_answer_dropped", {"action": down.call.action})]
         else:
             effects = [ToCsms(answer.raw)]
-            if down.call.action in self._watched:
+            if down.call.action in self.watched:
                 effects.append(Exchange(Origin.CSMS, down.call, answer))
         if self._down_queue:
             call, origin = self._down_queue.popleft()
@@ -222,24 +271,31 @@ class Router:
         except FrameError as exc:
             return self._refuse(exc, "csms_bad_frame", to_charger=False)
         if type(frame) is Call:
+            if self.tx_down:
+                frame = self.dialect.rewrite_down(frame, self.tx_down)
             return self._to_charger(frame, Origin.CSMS, now)
         assert isinstance(frame, CallResult | CallError)
         up = self._up
         if up is None or up.call.id != frame.id:
             return [Note("csms_unexpected_answer", {"message_id": frame.id})]
         self._up = None
-        self._last_call = up.call
-        self._last_answer = frame.raw
-        effects: list[Effect] = [ToCharger(frame.raw)]
-        if up.call.action in self._watched:
-            effects.append(Exchange(Origin.CHARGER, up.call, frame))
+        effects: list[Effect]
+        if up.origin is Origin.CONTROLLER:
+            effects = [ReplayResult(up.call, frame)]
+        else:
+            self._last_call = up.call
+            self._last_answer = frame.raw
+            effects = [ToCharger(frame.raw)]
+            if up.call.action in self.watched:
+                effects.append(Exchange(Origin.CHARGER, up.call, frame))
         if self._up_queue:
-            effects.extend(self._send_up(self._up_queue.popleft(), now))
+            effects.extend(self._next_up(now))
         return effects
 
     def own_call(self, action: str, payload: Any, now: float) -> list[Effect]:
         """Send a call of the controller's own to the charger (queued if one is open)."""
-        message_id = f"{OWN_ID_PREFIX}{uuid.uuid4()}"[: frames.MAX_ID_LENGTH]
+        message_id = f"{OWN_ID_PREFIX}{uuid.uuid4().hex}"
+        self.last_own_call_id = message_id
         text = frames.call(message_id, action, payload)
         return self._to_charger(Call(message_id, action, payload, text), Origin.CONTROLLER, now)
 
@@ -265,11 +321,13 @@ class Router:
         """The uplink went away: calls awaiting the CSMS are answered locally."""
         self.state = State.OFFLINE
         effects: list[Effect] = []
-        if self._up is not None:
+        if self._up is not None and self._up.origin is Origin.CHARGER:
             effects.append(Answer(self._up.call))
-            self._up = None
+        self._up = None
         while self._up_queue:
-            effects.append(Answer(self._up_queue.popleft()))
+            call, origin = self._up_queue.popleft()
+            if origin is Origin.CHARGER:
+                effects.append(Answer(call))
         if self._down is not None and self._down.origin is Origin.CSMS:
             self._down = None
         self._down_queue = deque(x for x in self._down_queue if x[1] is not Origin.CSMS)

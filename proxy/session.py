@@ -2,10 +2,11 @@
 
 The session is the I/O driver of :class:`~proxy.router.Router`: it reads frames from
 both sockets, hands them to the router with the loop's clock, and carries out the
-effects in order. When one side closes, the other is closed with a matching code. When
-the uplink is lost, calls awaiting the CSMS become :class:`~proxy.router.Answer`
-effects, handled by the offline responder when there is one; without one (strict mode)
-the charger is closed.
+effects in order. When the charger closes, the uplink is closed with a matching code.
+When the uplink is lost, calls awaiting the CSMS become :class:`~proxy.router.Answer`
+effects for the offline responder, the uplink is reopened with back-off, and the
+outbox is drained (DRAINING) before the session is ONLINE again. Without a responder
+(strict mode) the charger is closed instead.
 """
 
 from __future__ import annotations
@@ -13,23 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from proxy.frames import Call
+from config.settings import CsmsSettings
+from proxy.frames import Call, CallError, CallResult
 from proxy.router import (
     Answer,
     Effect,
     Exchange,
     Note,
     OwnResult,
+    ReplayResult,
     Router,
     State,
     ToCharger,
     ToCsms,
+)
+from proxy.uplink import (
+    UplinkRefused,
+    UplinkRequest,
+    UplinkUnavailable,
+    backoff,
+    open_uplink,
 )
 
 # Close codes an endpoint may send (RFC 6455 §7.4); others are mapped on relay.
@@ -45,6 +56,10 @@ def relay_close_code(code: int | None) -> int:
     return 1000
 
 
+class UplinkGone(Exception):
+    """The uplink closed while the controller waited for the CSMS."""
+
+
 class Responder(Protocol):
     """Answers a charger's call while the uplink is not there (the offline responder)."""
 
@@ -55,6 +70,38 @@ class Observer(Protocol):
     """Learns from exchanges that pass through (cache, local lists, transaction ids)."""
 
     async def exchange(self, session: Session, effect: Exchange) -> None: ...
+
+
+class Drainer(Protocol):
+    """Replays a charger's stored messages once its uplink is back."""
+
+    async def drain(self, session: Session) -> None: ...
+
+
+class ConnectLimiter:
+    """Spaces uplink openings site-wide: at most ``rate`` per second."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """What a session needs to reopen its uplink by itself."""
+
+    csms: CsmsSettings
+    request: UplinkRequest
+    limiter: ConnectLimiter
+    drainer: Drainer | None = None
 
 
 class Session:
@@ -70,6 +117,7 @@ class Session:
         *,
         responder: Responder | None = None,
         observer: Observer | None = None,
+        reconnect: Reconnect | None = None,
         on_own_result: Callable[[OwnResult], Awaitable[None]] | None = None,
     ) -> None:
         self.identity = identity
@@ -79,29 +127,66 @@ class Session:
         self.log = log
         self.responder = responder
         self.observer = observer
+        self._reconnect = reconnect
         self._on_own_result = on_own_result
-        self._clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._clock = loop.time
         self.connected_at = self._clock()
         #: The status of a BootNotification answered offline; None if none was.
         self.boot_status: str | None = None
+        #: Offline stores under way, and completed: the drain ends only when both are quiet.
+        self.pending_stores = 0
+        self.stored_count = 0
+        #: Replay progress, for logs and the admin API.
+        self.replayed = 0
+        self._waiters: dict[str, asyncio.Future[CallResult | CallError]] = {}
+        self._own_waiters: dict[str, asyncio.Future[CallResult | CallError]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     @property
     def subprotocol(self) -> str:
         return self.router.dialect.subprotocol
 
+    @property
+    def state(self) -> State:
+        return self.router.state
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}:{self.identity}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error(
+                "session_task_failed", task=task.get_name(), error=repr(exc), exc_info=exc
+            )
+
     async def run(self) -> None:
         """Serve until the charger goes away (or is closed because its uplink went)."""
-        up_task = asyncio.create_task(self._uplink_loop()) if self.uplink else None
+        if self.uplink is not None:
+            self._spawn(self._uplink_loop(self.uplink), "uplink")
+        elif self.responder is not None and self._reconnect is not None:
+            self._spawn(self._reconnect_loop(first=True), "reconnect")
         try:
             await self._charger_loop()
         finally:
-            if up_task is not None:
-                up_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await up_task
-            if self.uplink is not None:
+            self._closing = True
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._fail_waiters(own=True)
+            uplink = self.uplink
+            if uplink is not None:
                 code = relay_close_code(self.charger.close_code)
-                await self.uplink.close(code, self.charger.close_reason or "")
+                await uplink.close(code, self.charger.close_reason or "")
             self.log.info(
                 "charger_disconnected",
                 code=self.charger.close_code,
@@ -115,21 +200,61 @@ class Session:
             async for message in self.charger:
                 await self._apply(router.charger_frame(message, clock()))
 
-    async def _uplink_loop(self) -> None:
-        uplink = self.uplink
-        assert uplink is not None
+    async def _uplink_loop(self, uplink: ClientConnection) -> None:
         router = self.router
         clock = self._clock
         with contextlib.suppress(ConnectionClosed):
             async for message in uplink:
                 await self._apply(router.csms_frame(message, clock()))
         code, reason = uplink.close_code, uplink.close_reason
+        if self._closing:
+            return
         self.log.info("uplink_lost", code=code, reason=reason)
         self.uplink = None
+        self._fail_waiters()
         if self.responder is None:
             await self.charger.close(relay_close_code(code), reason or "")
             return
         await self._apply(router.uplink_lost())
+        if self._reconnect is not None:
+            self._spawn(self._reconnect_loop(first=False), "reconnect")
+
+    async def _reconnect_loop(self, *, first: bool) -> None:
+        rc = self._reconnect
+        assert rc is not None
+        csms = rc.csms
+        waits = backoff(csms.reconnect_min, csms.reconnect_max, 2.0, csms.reconnect_jitter)
+        attempt = 0
+        while True:
+            wait = next(waits)
+            if first and attempt == 0:
+                wait = min(wait, csms.reconnect_min)
+            await asyncio.sleep(wait)
+            attempt += 1
+            await rc.limiter.acquire()
+            try:
+                uplink = await open_uplink(csms, rc.request)
+            except (UplinkRefused, UplinkUnavailable) as exc:
+                self.log.info("uplink_retry", attempt=attempt, error=str(exc))
+                continue
+            if uplink.subprotocol != self.subprotocol:
+                self.log.warning("uplink_subprotocol_mismatch", got=uplink.subprotocol)
+                await uplink.close(1002, "subprotocol changed")
+                continue
+            break
+        self.uplink = uplink
+        self.router.uplink_back(draining=rc.drainer is not None)
+        self.log.info("uplink_restored", attempts=attempt)
+        self._spawn(self._uplink_loop(uplink), "uplink")
+        if rc.drainer is not None:
+            self._spawn(rc.drainer.drain(self), "drain")
+
+    def _fail_waiters(self, *, own: bool = False) -> None:
+        for waiters in (self._waiters, self._own_waiters) if own else (self._waiters,):
+            for fut in waiters.values():
+                if not fut.done():
+                    fut.set_exception(UplinkGone())
+            waiters.clear()
 
     async def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -146,8 +271,21 @@ class Session:
             elif kind is Exchange:
                 if self.observer is not None:
                     await self.observer.exchange(self, effect)  # type: ignore[arg-type]
-            elif kind is OwnResult and self._on_own_result is not None:
-                await self._on_own_result(effect)  # type: ignore[arg-type]
+            elif kind is ReplayResult:
+                self._resolve(self._waiters, effect)  # type: ignore[arg-type]
+            elif kind is OwnResult:
+                self._resolve(self._own_waiters, effect)  # type: ignore[arg-type]
+                if self._on_own_result is not None:
+                    await self._on_own_result(effect)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _resolve(
+        waiters: dict[str, asyncio.Future[CallResult | CallError]],
+        effect: ReplayResult | OwnResult,
+    ) -> None:
+        fut = waiters.pop(effect.call.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(effect.answer)
 
     async def _send_up(self, text: str) -> None:
         uplink = self.uplink
@@ -161,15 +299,45 @@ class Session:
     async def _answer(self, call: Call) -> None:
         if self.responder is None:
             return
-        text = await self.responder.answer(self, call)
+        self.pending_stores += 1
+        try:
+            text = await self.responder.answer(self, call)
+        finally:
+            self.pending_stores -= 1
+            self.stored_count += 1
         if text is not None:
             with contextlib.suppress(ConnectionClosed):
                 await self.charger.send(text)
 
-    async def own_call(self, action: str, payload: Any) -> None:
-        """Send a call of the controller's own to the charger."""
-        await self._apply(self.router.own_call(action, payload, self._clock()))
+    async def call_csms(self, call: Call, wait_for: float) -> CallResult | CallError:
+        """Send a call of the controller's own upstream and wait for the CSMS's answer.
 
-    @property
-    def state(self) -> State:
-        return self.router.state
+        Raises UplinkGone if the uplink closes first, TimeoutError after ``wait_for`` s.
+        """
+        if self.uplink is None:
+            raise UplinkGone()
+        fut: asyncio.Future[CallResult | CallError] = self._loop.create_future()
+        self._waiters[call.id] = fut
+        await self._apply(self.router.replay_call(call, self._clock()))
+        try:
+            async with asyncio.timeout(wait_for):
+                return await fut
+        except TimeoutError:
+            self._waiters.pop(call.id, None)
+            await self._apply(self.router.abandon_upstream(call.id, self._clock()))
+            raise
+
+    async def call_charger(
+        self, action: str, payload: Any, wait_for: float
+    ) -> CallResult | CallError:
+        """Send a call of the controller's own to the charger and wait for its answer."""
+        effects = self.router.own_call(action, payload, self._clock())
+        message_id = self.router.last_own_call_id
+        fut: asyncio.Future[CallResult | CallError] = self._loop.create_future()
+        self._own_waiters[message_id] = fut
+        await self._apply(effects)
+        try:
+            async with asyncio.timeout(wait_for):
+                return await fut
+        finally:
+            self._own_waiters.pop(message_id, None)

@@ -10,6 +10,7 @@ charging (site-wide ConcurrentTx).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,8 @@ class Site:
         #: id key -> the (identity, transactionId) pairs charging with it
         self._active: dict[str, set[tuple[str, int]]] = {}
         self._tx_key: dict[tuple[str, int], str] = {}
+        #: Called with every MeterValues that passes through (the energy-cap policy).
+        self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         for identity, provisional, key in await self.store.running_transactions():
@@ -135,13 +138,22 @@ class Site:
                         identity, connector, request.get("status"), call.raw, replay=False
                     )
                 return
+            if action == "MeterValues":
+                if self.on_meter is not None:
+                    await self.on_meter(session, request)
+                return
             key = self._request_key(request)
             info = result.get("idTagInfo") or result.get("idTokenInfo")
             if action == "StartTransaction" and isinstance(result.get("transactionId"), int):
                 if key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
                     self.started(identity, result["transactionId"], key)
             elif action == "StopTransaction" and isinstance(request.get("transactionId"), int):
-                self.stopped(identity, request["transactionId"])
+                tx_id = request["transactionId"]
+                self.stopped(identity, tx_id)
+                provisional = session.router.tx_down.get(tx_id)
+                if provisional is not None:
+                    self.stopped(identity, provisional)
+                    await self.store.apply(self.store.close_transaction(identity, provisional))
             if key is not None:
                 await self._learn(identity, key, info)
         elif action == "SendLocalList" and result.get("status") == "Accepted":

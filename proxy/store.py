@@ -58,6 +58,10 @@ MIGRATIONS: tuple[str, ...] = (
         status TEXT NOT NULL,
         real INTEGER,
         stopped INTEGER NOT NULL DEFAULT 0,
+        closed_at REAL,
+        deauthorized INTEGER NOT NULL DEFAULT 0,
+        cap_wh INTEGER,
+        cap_applied INTEGER NOT NULL DEFAULT 0,
         UNIQUE(identity, dedupe_key)
     );
     CREATE TABLE site_list(
@@ -428,6 +432,145 @@ class Store:
         async with self._read().execute(sql, params) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def apply(self, *statements: Statement) -> None:
+        """Commit ``statements`` (built by this class's statement helpers) together."""
+        await self._write(list(statements))
+
+    async def delivered(self, seq: int, *extra: Statement) -> None:
+        """The CSMS answered a stored message: remove it (with ``extra`` changes)."""
+        await self._write([("DELETE FROM outbox WHERE seq = ?", (seq,)), *extra])
+
+    async def refused(self, seq: int, transmissions: int, error: str, *, dead: bool) -> None:
+        """The CSMS answered a stored message with a CALLERROR ``transmissions`` times."""
+        await self._write(
+            [
+                (
+                    "UPDATE outbox SET attempts = ?, last_error = ?, state = ? WHERE seq = ?",
+                    (transmissions, error, "dead" if dead else "pending", seq),
+                )
+            ]
+        )
+
+    async def retry_dead(self, seq: int | None = None) -> int:
+        """Put dead letters (one, or all) back in the outbox; how many."""
+        count = await self._count_dead(seq)
+        await self._write(
+            [
+                (
+                    "UPDATE outbox SET state = 'pending', attempts = 0"
+                    " WHERE state = 'dead' AND (? IS NULL OR seq = ?)",
+                    (seq, seq),
+                )
+            ]
+        )
+        return count
+
+    async def drop_dead(self, seq: int | None = None) -> int:
+        """Delete dead letters (one, or all); how many."""
+        count = await self._count_dead(seq)
+        await self._write(
+            [("DELETE FROM outbox WHERE state = 'dead' AND (? IS NULL OR seq = ?)", (seq, seq))]
+        )
+        return count
+
+    async def _count_dead(self, seq: int | None) -> int:
+        async with self._read().execute(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'dead' AND (? IS NULL OR seq = ?)",
+            (seq, seq),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def map_transaction(identity: str, provisional: int, real: int) -> Statement:
+        return (
+            "UPDATE transactions SET real = ? WHERE identity = ? AND provisional = ?",
+            (real, identity, provisional),
+        )
+
+    @staticmethod
+    def close_transaction(identity: str, provisional: int) -> Statement:
+        return (
+            "UPDATE transactions SET stopped = 1, closed_at = ? WHERE identity = ?"
+            " AND provisional = ?",
+            (time.time(), identity, provisional),
+        )
+
+    async def set_policy(
+        self,
+        identity: str,
+        provisional: int,
+        *,
+        deauthorized: bool = False,
+        cap_wh: int | None = None,
+        cap_applied: bool = False,
+    ) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE transactions SET deauthorized = MAX(deauthorized, ?),"
+                    " cap_wh = COALESCE(?, cap_wh), cap_applied = MAX(cap_applied, ?)"
+                    " WHERE identity = ? AND provisional = ?",
+                    (int(deauthorized), cap_wh, int(cap_applied), identity, provisional),
+                )
+            ]
+        )
+
+    async def transactions_of(self, identity: str) -> list[dict[str, Any]]:
+        """The offline transactions of a charger whose mapping is still needed."""
+        async with self._read().execute(
+            "SELECT provisional, real, stopped, deauthorized, cap_wh, cap_applied,"
+            " meter_start, status, connector FROM transactions WHERE identity = ?"
+            " ORDER BY provisional",
+            (identity,),
+        ) as cur:
+            rows = await cur.fetchall()
+        keys = (
+            "provisional",
+            "real",
+            "stopped",
+            "deauthorized",
+            "cap_wh",
+            "cap_applied",
+            "meter_start",
+            "status",
+            "connector",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    async def purge_mappings(self, older_than: float) -> None:
+        """Forget mappings whose StopTransaction was delivered before ``older_than``."""
+        await self._write(
+            [
+                (
+                    "DELETE FROM transactions WHERE closed_at IS NOT NULL AND closed_at < ?",
+                    (older_than,),
+                )
+            ]
+        )
+
+    async def boot_replayed(self, identity: str, frame: str) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE chargers SET boot_replay = 0, accepted = 1 WHERE identity = ?"
+                    " AND boot_frame = ?",
+                    (identity, frame),
+                )
+            ]
+        )
+
+    async def status_replayed(self, identity: str, connector: int, frame: str) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE connector_status SET replay = 0 WHERE identity = ? AND connector = ?"
+                    " AND frame = ?",
+                    (identity, connector, frame),
+                )
+            ]
+        )
 
     # -- local lists and cache -------------------------------------------------------
 

@@ -7,10 +7,24 @@ spelled on the wire (or whether OCPP 1.6 wants the message ignored).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
-from proxy.frames import ErrorKind
+from proxy.frames import Call, ErrorKind
+
+#: Rewrites a charger call's transaction id upstream: (call, provisional -> CSMS id,
+#: transactions to report DeAuthorized) -> the call to send.
+RewriteUp = Callable[[Call, Mapping[int, int], Set[int]], Call]
+#: Rewrites a CSMS call's transaction id for the charger: (call, CSMS id -> provisional).
+RewriteDown = Callable[[Call, Mapping[int, int]], Call]
+
+
+def no_rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[int]) -> Call:
+    return call
+
+
+def no_rewrite_down(call: Call, ids: Mapping[int, int]) -> Call:
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +40,13 @@ class Dialect:
     transaction_actions: frozenset[str]
     #: Actions whose exchanges the site learns from (authorization, local lists, boot).
     watched_actions: frozenset[str]
+    #: Charger calls that are stored and answered locally until the outbox is drained.
+    stored_actions: frozenset[str]
     #: CALLERROR code for each kind of error; ``None``: ignore the message, send nothing.
     error_codes: Mapping[ErrorKind, str | None]
+
+    rewrite_up: RewriteUp = no_rewrite_up
+    rewrite_down: RewriteDown = no_rewrite_down
 
     def error_code(self, kind: ErrorKind) -> str | None:
         return self.error_codes[kind]

@@ -3,13 +3,60 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Set
 from typing import Any
 
 import orjson
 from ocpp.v16.enums import Action
 
-from proxy.frames import ErrorKind
+from proxy import frames
+from proxy.frames import Call, ErrorKind
 from proxy.versions import Dialect
+
+
+def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[int]) -> Call:
+    """MeterValues and StopTransaction of a transaction started offline go up with the
+    CSMS's id (or -1 when its start was dead-lettered); a stop the controller asked for
+    because the id was refused goes up with reason DeAuthorized."""
+    payload = call.payload
+    if call.action not in ("MeterValues", "StopTransaction") or not isinstance(payload, dict):
+        return call
+    tx_id = payload.get("transactionId")
+    if type(tx_id) is not int or tx_id not in ids:
+        return call
+    rewritten = dict(payload, transactionId=ids[tx_id])
+    if call.action == "StopTransaction" and tx_id in deauthorized:
+        rewritten["reason"] = "DeAuthorized"
+    return Call(call.id, call.action, rewritten, frames.call(call.id, call.action, rewritten))
+
+
+def rewrite_down(call: Call, ids: Mapping[int, int]) -> Call:
+    """A CSMS call naming a transaction by the CSMS's id reaches the charger with the id
+    the charger knows (RemoteStopTransaction, SetChargingProfile with a TxProfile,
+    GetCompositeSchedule has none)."""
+    payload = call.payload
+    if not isinstance(payload, dict):
+        return call
+    if call.action == "RemoteStopTransaction":
+        tx_id = payload.get("transactionId")
+        if type(tx_id) is int and tx_id in ids:
+            rewritten = dict(payload, transactionId=ids[tx_id])
+            return Call(
+                call.id, call.action, rewritten, frames.call(call.id, call.action, rewritten)
+            )
+    elif call.action == "SetChargingProfile":
+        profile = payload.get("csChargingProfiles")
+        if isinstance(profile, dict):
+            tx_id = profile.get("transactionId")
+            if type(tx_id) is int and tx_id in ids:
+                rewritten = dict(
+                    payload, csChargingProfiles=dict(profile, transactionId=ids[tx_id])
+                )
+                return Call(
+                    call.id, call.action, rewritten, frames.call(call.id, call.action, rewritten)
+                )
+    return call
+
 
 DIALECT = Dialect(
     subprotocol="ocpp1.6",
@@ -44,6 +91,22 @@ DIALECT = Dialect(
             "GetLocalListVersion",
         }
     ),
+    stored_actions=frozenset(
+        {
+            "StartTransaction",
+            "StopTransaction",
+            "MeterValues",
+            "BootNotification",
+            "StatusNotification",
+            "FirmwareStatusNotification",
+            "DiagnosticsStatusNotification",
+            "SecurityEventNotification",
+            "LogStatusNotification",
+            "SignedFirmwareStatusNotification",
+        }
+    ),
+    rewrite_up=rewrite_up,
+    rewrite_down=rewrite_down,
     error_codes={
         ErrorKind.MALFORMED: "FormationViolation",
         ErrorKind.BAD_ENVELOPE: "ProtocolError",
@@ -83,3 +146,31 @@ def dedupe_key(action: str, payload: dict[str, Any]) -> str:
         orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12
     ).hexdigest()
     return f"{action}:{digest}"
+
+
+def energy_wh(payload: dict[str, Any]) -> float | None:
+    """The last Energy.Active.Import.Register reading of a MeterValues, in Wh."""
+    reading: float | None = None
+    values = payload.get("meterValue")
+    if not isinstance(values, list):
+        return None
+    for mv in values:
+        samples = mv.get("sampledValue") if isinstance(mv, dict) else None
+        if not isinstance(samples, list):
+            continue
+        for sv in samples:
+            if not isinstance(sv, dict):
+                continue
+            if (
+                sv.get("measurand", "Energy.Active.Import.Register")
+                != "Energy.Active.Import.Register"
+            ):
+                continue
+            if sv.get("phase") is not None:
+                continue
+            try:
+                value = float(sv.get("value", ""))
+            except (TypeError, ValueError):
+                continue
+            reading = value * 1000.0 if sv.get("unit") == "kWh" else value
+    return reading

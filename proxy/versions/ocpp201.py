@@ -49,6 +49,17 @@ _WATCHED = frozenset(
     }
 )
 
+_STORED = frozenset(
+    {
+        "TransactionEvent",
+        "BootNotification",
+        "StatusNotification",
+        "SecurityEventNotification",
+        "FirmwareStatusNotification",
+        "LogStatusNotification",
+    }
+)
+
 _ERROR_CODES = {
     ErrorKind.MALFORMED: "RpcFrameworkError",
     ErrorKind.BAD_ENVELOPE: "RpcFrameworkError",
@@ -71,6 +82,7 @@ DIALECT = Dialect(
     charger_actions=_CHARGER_ACTIONS,
     transaction_actions=frozenset({"TransactionEvent"}),
     watched_actions=_WATCHED,
+    stored_actions=_STORED,
     error_codes=_ERROR_CODES,
 )
 
@@ -80,5 +92,6 @@ DIALECT_21 = Dialect(
     charger_actions=_CHARGER_ACTIONS,
     transaction_actions=frozenset({"TransactionEvent"}),
     watched_actions=_WATCHED,
+    stored_actions=_STORED,
     error_codes=_ERROR_CODES,
 )

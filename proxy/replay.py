@@ -1,0 +1,322 @@
+"""Replay: drain a charger's outbox once its uplink is back, then enforce the verdicts.
+
+Per charger, in this order, one call in flight (shared with live traffic through the
+router's single upstream slot), each with a fresh message id:
+
+1. the last BootNotification, if the charger booted while offline; while the CSMS
+   answers Pending or Rejected the backlog waits;
+2. the latest StatusNotification of each connector reported offline (not the history);
+3. the outbox, ``ORDER BY seq``. A CALLRESULT deletes the message; a replayed
+   StartTransaction's answer maps the provisional transactionId to the CSMS's, and its
+   idTagInfo goes through the invalid-id policy. A CALLERROR (or no answer in time) is
+   retried after interval x transmissions; after the last attempt the message becomes
+   a dead letter, and the later messages of a dead StartTransaction go up with -1.
+
+Live transaction messages keep being stored and answered locally (DRAINING) until the
+outbox is empty; then the session is ONLINE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from config.settings import Settings, charger_policy
+from policies.invalid_id import (
+    Action,
+    is_dead_letter,
+    limit_reached,
+    on_refused_start,
+    retry_wait,
+)
+from proxy import frames
+from proxy.frames import Call, CallError, CallResult, FrameError
+from proxy.router import OWN_ID_PREFIX
+from proxy.session import UplinkGone
+from proxy.store import OutboxRow, Statement, Store
+from proxy.versions.ocpp16 import energy_wh
+
+if TYPE_CHECKING:
+    from proxy.session import Session
+
+_POLICY_TIMEOUT = 30.0
+
+
+def fresh_id() -> str:
+    return f"{OWN_ID_PREFIX}{uuid.uuid4().hex}"
+
+
+def with_id(call: Call, message_id: str) -> Call:
+    """The same call under another message id, its payload text kept as it was."""
+    old = orjson.dumps(call.id).decode()
+    new = orjson.dumps(message_id).decode()
+    return Call(message_id, call.action, call.payload, call.raw.replace(old, new, 1))
+
+
+class Replayer:
+    """Drains outboxes and applies the invalid-id policy, for every charger."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        #: (identity, provisional id) -> (meter start Wh, limit Wh, connector) of
+        #: transactions charging on towards their energy limit
+        self._watched: dict[tuple[str, int], tuple[float, int, int]] = {}
+        #: (identity, provisional id) -> last energy register reading (Wh)
+        self._energy: dict[tuple[str, int], float] = {}
+        self._suspended: set[tuple[str, int]] = set()
+
+    # -- session set-up --------------------------------------------------------------
+
+    async def attach(self, session: Session) -> None:
+        """Load a charger's transaction id mappings and watched transactions."""
+        router = session.router
+        for tx in await self.store.transactions_of(session.identity):
+            prov, real = tx["provisional"], tx["real"]
+            if real is not None:
+                router.tx_up[prov] = real
+                if real != -1:
+                    router.tx_down[real] = prov
+            if tx["deauthorized"]:
+                router.deauthorized.add(prov)
+            if tx["cap_wh"] is not None and not tx["cap_applied"] and not tx["stopped"]:
+                self._watch(session, prov, tx["meter_start"], tx["cap_wh"], tx["connector"])
+
+    def _watch(
+        self, session: Session, prov: int, meter_start: float, cap: int, connector: int
+    ) -> None:
+        self._watched[(session.identity, prov)] = (meter_start, cap, connector)
+        session.router.watched.add("MeterValues")
+
+    # -- the drain ---------------------------------------------------------------------
+
+    async def drain(self, session: Session) -> None:
+        log = session.log
+        started = time.monotonic()
+        depth = await self.store.outbox_depth(session.identity)
+        log.info("replay_started", outbox_depth=depth)
+        try:
+            while True:
+                mark = session.stored_count
+                await self._replay_boot(session)
+                await self._replay_statuses(session)
+                rows = await self.store.outbox(session.identity, limit=200)
+                if not rows:
+                    if session.pending_stores == 0 and session.stored_count == mark:
+                        session.router.drained()
+                        log.info(
+                            "replay_done",
+                            replayed=session.replayed,
+                            seconds=round(time.monotonic() - started, 3),
+                        )
+                        return
+                    await asyncio.sleep(0.005)
+                    continue
+                for row in rows:
+                    await self._replay_row(session, row)
+                    if session.replayed % 100 == 0:
+                        log.info("replay_progress", replayed=session.replayed)
+        except UplinkGone:
+            log.info("replay_interrupted", replayed=session.replayed)
+
+    async def _send(self, session: Session, call: Call) -> CallResult | CallError | None:
+        """One transmission upstream; None when the CSMS gave no answer in time."""
+        try:
+            return await session.call_csms(
+                with_id(call, fresh_id()), self.settings.csms.call_timeout
+            )
+        except TimeoutError:
+            return None
+
+    async def _replay_boot(self, session: Session) -> None:
+        while True:
+            record = await self.store.charger(session.identity)
+            if record is None or not record["boot_replay"] or not record["boot_frame"]:
+                return
+            frame = frames.parse(record["boot_frame"])
+            assert isinstance(frame, Call)
+            answer = await self._send(session, frame)
+            status = (
+                answer.payload.get("status")
+                if isinstance(answer, CallResult) and isinstance(answer.payload, dict)
+                else None
+            )
+            if status == "Accepted":
+                await self.store.boot_replayed(session.identity, record["boot_frame"])
+                session.log.info("boot_replayed")
+                return
+            interval = 0
+            if isinstance(answer, CallResult) and isinstance(answer.payload, dict):
+                raw_interval = answer.payload.get("interval")
+                interval = raw_interval if isinstance(raw_interval, int) else 0
+            wait = min(max(interval, 1), self.settings.replay.boot_retry_max)
+            session.log.info("boot_replay_waiting", status=status, wait=wait)
+            await asyncio.sleep(wait)
+
+    async def _replay_statuses(self, session: Session) -> None:
+        for status in await self.store.connector_statuses(session.identity):
+            if not status["replay"]:
+                continue
+            frame = frames.parse(status["frame"])
+            assert isinstance(frame, Call)
+            answer = await self._send(session, frame)
+            if answer is not None:
+                await self.store.status_replayed(
+                    session.identity, status["connector"], status["frame"]
+                )
+
+    async def _replay_row(self, session: Session, row: OutboxRow) -> None:
+        identity = session.identity
+        _, _, attempts, interval = charger_policy(self.settings, identity)
+        router = session.router
+        transmissions = row.attempts
+        while True:
+            try:
+                stored = frames.parse(row.frame)
+            except FrameError:  # pragma: no cover - only well-formed calls are stored
+                await self.store.refused(row.seq, attempts, "unreadable", dead=True)
+                return
+            assert isinstance(stored, Call)
+            call = router.dialect.rewrite_up(stored, router.tx_up, router.deauthorized)
+            answer = await self._send(session, call)
+            if isinstance(answer, CallResult):
+                await self._delivered(session, row, answer)
+                return
+            code = answer.code if isinstance(answer, CallError) else "Timeout"
+            transmissions += 1
+            dead = is_dead_letter(transmissions, attempts)
+            await self.store.refused(row.seq, transmissions, code, dead=dead)
+            session.log.warning(
+                "replay_refused",
+                action=row.action,
+                seq=row.seq,
+                code=code,
+                transmissions=transmissions,
+                dead_letter=dead,
+            )
+            if dead:
+                if row.action == "StartTransaction" and row.tx_id is not None:
+                    await self._dead_start(session, row.tx_id)
+                return
+            await asyncio.sleep(retry_wait(interval, transmissions))
+
+    async def _dead_start(self, session: Session, prov: int) -> None:
+        """Later messages of a StartTransaction the CSMS never took go up with -1."""
+        session.router.tx_up[prov] = -1
+        await self.store.apply(self.store.map_transaction(session.identity, prov, -1))
+
+    async def _delivered(self, session: Session, row: OutboxRow, answer: CallResult) -> None:
+        identity = session.identity
+        router = session.router
+        extra: list[Statement] = []
+        payload: dict[str, Any] = answer.payload if isinstance(answer.payload, dict) else {}
+        start_status: str | None = None
+        if row.action == "StartTransaction" and row.tx_id is not None:
+            real = payload.get("transactionId")
+            if isinstance(real, int):
+                router.tx_up[row.tx_id] = real
+                router.tx_down[real] = row.tx_id
+                extra.append(self.store.map_transaction(identity, row.tx_id, real))
+            info = payload.get("idTagInfo")
+            if isinstance(info, dict) and isinstance(info.get("status"), str):
+                start_status = info["status"]
+        elif row.action == "StopTransaction" and row.tx_id is not None:
+            extra.append(self.store.close_transaction(identity, row.tx_id))
+        await self.store.delivered(row.seq, *extra)
+        session.replayed += 1
+        if start_status is not None and row.tx_id is not None:
+            await self._verdict(session, row.tx_id, start_status)
+
+    # -- the invalid-id policy -------------------------------------------------------
+
+    async def _verdict(self, session: Session, prov: int, status: str) -> None:
+        identity = session.identity
+        tx = next(
+            (t for t in await self.store.transactions_of(identity) if t["provisional"] == prov),
+            None,
+        )
+        if tx is None:
+            return
+        stop, cap, _, _ = charger_policy(self.settings, identity)
+        reading = self._energy.get((identity, prov))
+        delivered = reading - tx["meter_start"] if reading is not None else None
+        decision = on_refused_start(
+            status,
+            running=not tx["stopped"],
+            stop_on_invalid_id=stop,
+            max_energy_wh=cap,
+            delivered_wh=delivered,
+        )
+        if decision.action is Action.NONE:
+            return
+        session.log.warning(
+            "invalid_id_policy", transaction_id=prov, status=status, action=decision.action.value
+        )
+        if decision.action is Action.STOP:
+            session.router.deauthorized.add(prov)
+            await self.store.set_policy(identity, prov, deauthorized=True)
+            session._spawn(
+                self._ask(session, "RemoteStopTransaction", {"transactionId": prov}), "policy"
+            )
+        elif decision.action is Action.SUSPEND:
+            await self._suspend(session, prov, tx["connector"])
+        else:
+            await self.store.set_policy(identity, prov, cap_wh=cap)
+            self._watch(session, prov, tx["meter_start"], cap, tx["connector"])
+
+    async def _ask(self, session: Session, action: str, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(TimeoutError, UplinkGone):
+            answer = await session.call_charger(action, payload, _POLICY_TIMEOUT)
+            session.log.info(
+                "policy_call_answered",
+                action=action,
+                status=answer.payload.get("status")
+                if isinstance(answer, CallResult) and isinstance(answer.payload, dict)
+                else None,
+            )
+
+    async def _suspend(self, session: Session, prov: int, connector: int) -> None:
+        key = (session.identity, prov)
+        if key in self._suspended:
+            return
+        self._suspended.add(key)
+        self._watched.pop(key, None)
+        await self.store.set_policy(session.identity, prov, cap_applied=True)
+        profile = {
+            "connectorId": connector,
+            "csChargingProfiles": {
+                "chargingProfileId": prov % 1_000_000_000 + 1,
+                "transactionId": prov,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "TxProfile",
+                "chargingProfileKind": "Relative",
+                "chargingSchedule": {
+                    "chargingRateUnit": "W",
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 0}],
+                },
+            },
+        }
+        session._spawn(self._ask(session, "SetChargingProfile", profile), "policy")
+
+    async def meter(self, session: Session, payload: dict[str, Any]) -> None:
+        """A MeterValues from the charger (live or stored): watch capped transactions."""
+        tx_id = payload.get("transactionId")
+        if type(tx_id) is not int:
+            return
+        prov = session.router.tx_down.get(tx_id, tx_id)
+        reading = energy_wh(payload)
+        if reading is None:
+            return
+        key = (session.identity, prov)
+        self._energy[key] = reading
+        watched = self._watched.get(key)
+        if watched is not None:
+            meter_start, cap, connector = watched
+            if limit_reached(reading - meter_start, cap):
+                session.log.warning("energy_limit_reached", transaction_id=prov, limit_wh=cap)
+                await self._suspend(session, prov, connector)
