@@ -8,8 +8,10 @@ their uplinks, close the admin server, close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
+import time
 from types import TracebackType
 from typing import Any
 
@@ -20,8 +22,9 @@ from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
 from proxy.offline import OfflineResponder
 from proxy.replay import Replayer
+from proxy.router import State
 from proxy.site import Site
-from proxy.store import Store
+from proxy.store import Store, StoreError
 
 
 class Controller:
@@ -44,6 +47,7 @@ class Controller:
         )
         self.admin = AdminServer(settings.admin, build_app(self.ready, self.status))
         self._ready = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def listen_port(self) -> int:
@@ -70,6 +74,7 @@ class Controller:
         await self.admin.start()
         gc.collect()
         gc.freeze()
+        self._watchdog = asyncio.create_task(self._watch_outboxes(), name="outbox-watchdog")
         self._ready = True
         self.log.info(
             "controller_started",
@@ -77,6 +82,23 @@ class Controller:
             admin_port=self.admin_port,
             csms=self.settings.csms.url,
         )
+
+    async def _watch_outboxes(self, period: float = 5.0) -> None:
+        """Start a drain for an online charger whose outbox is not empty (an operator
+        retried dead letters), and forget transaction id mappings past their grace."""
+        grace = self.settings.replay.mapping_grace_days * 86400.0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                depths = await self.store.depths()
+                for identity, depth in depths.items():
+                    session = self.chargers.sessions.get(identity)
+                    if depth and session is not None and session.state is State.ONLINE:
+                        session.router.uplink_back(draining=True)
+                        session._spawn(self.replayer.drain(session), "drain")
+                await self.store.purge_mappings(time.time() - grace)
+            except StoreError as exc:
+                self.log.error("outbox_watchdog_failed", error=str(exc))
 
     async def _import_site_list(self) -> None:
         path = self.settings.local_list.path
@@ -89,6 +111,10 @@ class Controller:
     async def stop(self) -> None:
         self._ready = False
         self.log.info("controller_stopping")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         await self.chargers.close()
         await self.admin.close()
         await self.store.close()

@@ -49,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     ob_show = ob_sub.add_parser("show", help="list stored messages, oldest first")
     ob_show.add_argument("--charger", metavar="IDENTITY", help="only this charger")
     ob_show.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    ob_dead = ob_sub.add_parser(
+        "dead-letters", help="list messages the CSMS refused after every attempt"
+    )
+    ob_dead.add_argument("--charger", metavar="IDENTITY", help="only this charger")
+    ob_dead.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    for name, text in (
+        ("retry", "put dead letters back in the outbox (replayed at the next drain)"),
+        ("drop", "delete dead letters for good"),
+    ):
+        cmd = ob_sub.add_parser(name, help=text)
+        which = cmd.add_mutually_exclusive_group(required=True)
+        which.add_argument("seq", nargs="?", type=int, help="the dead letter's seq")
+        which.add_argument("--all", action="store_true", help="every dead letter")
+        cmd.add_argument("--config", metavar="FILE", help="settings file (TOML)")
     return p
 
 
@@ -97,16 +111,28 @@ def _local_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _outbox(args: argparse.Namespace, settings: Settings) -> int:
     async def show(store: Store) -> int:
-        rows = await store.outbox(args.charger, limit=100_000)
-        print("seq\tcharger\taction\tmessage_id\ttransaction_id\tattempts\tstate")
+        state = "dead" if args.ob_command == "dead-letters" else "pending"
+        rows = await store.outbox(args.charger, state=state, limit=1_000_000)
+        print("seq\tcharger\taction\tmessage_id\ttransaction_id\tattempts\tstate\tlast_error")
         for r in rows:
             print(
                 f"{r.seq}\t{r.identity}\t{r.action}\t{r.message_id}\t{r.tx_id or ''}"
-                f"\t{r.attempts}\t{r.state}"
+                f"\t{r.attempts}\t{r.state}\t{r.last_error or ''}"
             )
         return EXIT_OK
 
-    return asyncio.run(_with_store(settings, show))
+    async def change(store: Store) -> int:
+        seq = None if args.all else args.seq
+        if args.ob_command == "retry":
+            n = await store.retry_dead(seq)
+            print(f"{n} dead letter(s) put back in the outbox")
+        else:
+            n = await store.drop_dead(seq)
+            print(f"{n} dead letter(s) dropped")
+        return EXIT_OK if n or args.all else EXIT_FAILURE
+
+    work = show if args.ob_command in ("show", "dead-letters") else change
+    return asyncio.run(_with_store(settings, work))
 
 
 def _run_loop(settings: Settings) -> None:

@@ -423,6 +423,14 @@ class Store:
             rows = await cur.fetchall()
         return [OutboxRow(*r) for r in rows]
 
+    async def depths(self) -> dict[str, int]:
+        """Pending outbox messages per charger."""
+        async with self._read().execute(
+            "SELECT identity, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY identity"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     async def outbox_depth(self, identity: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
         params: tuple[Any, ...] = ()
