@@ -55,6 +55,7 @@ from common import (
     ServerCtl,
     calibrate_loopback,
     call_frame_text,
+    cpu_ns,
     descendants,
     free_port,
     keep_last,
@@ -64,6 +65,7 @@ from common import (
     print_table,
     raise_nofile,
     run_phase,
+    sys_jiffies,
     wait_port,
 )
 
@@ -118,6 +120,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--target-sat", type=float, default=0.9, help="min controller/naive calls/s")
     ap.add_argument("--target-p50", type=float, default=1.2, help="max controller/naive p50")
     ap.add_argument("--retry-budget", type=float, default=8.0, help="s for noisy-window retries")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="s in all to wait for other work to calm down before windows (default 45; --quick 15)",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the processes' logs into DIR")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
@@ -134,6 +141,8 @@ def parse_args() -> argparse.Namespace:
             ap.error(f"unknown size {s!r} (hb, mv)")
     if a.quick and a.retry_budget == 8.0:
         a.retry_budget = 4.0
+    if a.quiet_wait is None:
+        a.quiet_wait = 15.0 if a.quick else 45.0
     return a
 
 
@@ -196,6 +205,31 @@ def start_controller(a: argparse.Namespace, upstream_port: int, tmp: str) -> tup
     return proc, port
 
 
+def other_cpu(pids: dict[str, list[int]], secs: float) -> float:
+    """CPU (% of one core) that processes outside the benchmark used during `secs`."""
+    c0 = sum(cpu_ns(p) for v in pids.values() for p in v)
+    j0 = sys_jiffies()
+    time.sleep(secs)
+    c1 = sum(cpu_ns(p) for v in pids.values() for p in v)
+    j1 = sys_jiffies()
+    busy = 100.0 * (os.cpu_count() or 1) * (j1[0] - j0[0]) / max(1, j1[1] - j0[1])
+    return max(0.0, busy - 100.0 * (c1 - c0) / 1e9 / secs)
+
+
+def wait_quiet(pids: dict[str, list[int]], budget: float, limit: float = 25.0) -> float:
+    """Wait (at most `budget` s) until other work uses at most `limit` % of a core.
+
+    Returns the seconds waited beyond the first 0.2 s sample.
+    """
+    t0 = time.perf_counter()
+    if other_cpu(pids, 0.2) <= limit:
+        return 0.0
+    while time.perf_counter() - t0 < budget:
+        if other_cpu(pids, 0.3) <= limit:
+            break
+    return time.perf_counter() - t0
+
+
 def measure(
     a: argparse.Namespace, client: ClientCtl, server: ServerCtl, paths: list[Path]
 ) -> dict[str, dict[int, dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]]]:
@@ -211,6 +245,7 @@ def measure(
         p.name: {n: {s: [] for s in a.sizes} for n in a.ns} for p in paths
     }
     spent, retried = 0.0, 0
+    waited, waits = 0.0, 0
     for n in a.ns:
         for p in paths:
             r = client.cmd(
@@ -245,6 +280,10 @@ def measure(
             for s in a.sizes:
                 for p in order:
                     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+                    if waited < a.quiet_wait:
+                        w = wait_quiet(pids, a.quiet_wait - waited)
+                        waited += w
+                        waits += w > 0
                     for attempt in range(3):
                         t_a = time.perf_counter()
                         kw: dict[str, Any] = {"warmup": a.warmup, "window": a.window}
@@ -273,7 +312,10 @@ def measure(
             r = client.cmd(cmd="close", tag=p.name, timeout=30.0)
             p.note("close not acknowledged", r.get("aborted", 0))
         time.sleep(0.3)
-    print(f"  noisy-neighbour retries: {retried} window pairs re-measured ({spent:.1f}s)")
+    print(
+        f"  noisy-neighbour guard: waited {waited:.1f}s for other work to calm down "
+        f"({waits} times); {retried} window pairs re-measured ({spent:.1f}s)"
+    )
     return res
 
 
@@ -426,14 +468,26 @@ def report(
                 sat_ok = r["sat"] >= a.target_sat
                 p50_ok = r["p50"] <= a.target_p50
                 all_ok = all_ok and sat_ok and p50_ok
+                # CPU the rest of the machine used during these windows (% of one core)
+                noise = med(
+                    [
+                        w["other_pct"]
+                        for x in ("controller", "naive")
+                        for pr in res[x][n][s]
+                        for w in pr
+                    ]
+                )
                 rows.append(
                     [
                         n,
                         SIZE_NAMES[s],
-                        r["sat"],
+                        f"{r['sat']:.3f}",
+                        "/".join(f"{v:.2f}" for v in r["sat_reps"]),
                         "PASS" if sat_ok else "FAIL",
-                        r["p50"],
+                        f"{r['p50']:.3f}",
+                        "/".join(f"{v:.2f}" for v in r["p50_reps"]),
                         "PASS" if p50_ok else "FAIL",
+                        noise,
                     ]
                 )
                 verdict[f"{n}/{s}"] = {
@@ -441,21 +495,43 @@ def report(
                     "sat_ok": sat_ok,
                     "p50": r["p50"],
                     "p50_ok": p50_ok,
+                    "other_cpu_pct": noise,
                 }
         print_table(
             [
                 "N",
                 "msg",
                 "sat ctrl/naive",
+                "(per rep)",
                 f">= {a.target_sat:g}",
                 "p50 ctrl/naive",
+                "(per rep)",
                 f"<= {a.target_p50:g}",
+                "other cpu%",
             ],
             rows,
-            title="Targets (controller against the naive proxy, same run)",
+            title="Targets (controller against the naive proxy, same run; other cpu% = what "
+            "the rest of the machine used during these windows, % of one core)",
         )
         verdict["all"] = all_ok
         print(f"\nOVERALL: {'PASS' if all_ok else 'FAIL'}")
+    busy = med(
+        [
+            w["other_pct"]
+            for x in names
+            for n in a.ns
+            for s in a.sizes
+            for pr in res[x][n][s]
+            for w in pr
+        ]
+    )
+    verdict["other_cpu_pct"] = busy
+    if busy > 25.0:
+        print(
+            f"WARNING: other work used {busy:.0f}% of a core (median over all windows) while "
+            "this ran; ratios are then noisy (about +-0.2 and more): re-run on a quiet machine "
+            "before trusting a PASS or a FAIL close to its target."
+        )
     return {"summary": summ, "ratios": ratios, "targets": verdict}
 
 
@@ -503,6 +579,11 @@ def main() -> int:
         f"paths {','.join(a.paths)}; N {','.join(map(str, a.ns))}; msgs {','.join(a.sizes)}; "
         f"{a.reps} reps of {a.warmup:g}+{a.window:g} s windows; light load {a.light_rate:g} calls/s"
     )
+    j0 = sys_jiffies()
+    time.sleep(0.5)
+    j1 = sys_jiffies()
+    busy0 = 100.0 * (os.cpu_count() or 1) * (j1[0] - j0[0]) / max(1, j1[1] - j0[1])
+    print(f"machine busy before start: {busy0:.0f}% of a core (other work)")
     rt, c50, c99 = calibrate_loopback(1.0)
     print(
         f"calibration: blocking loopback TCP ping-pong, 2 processes: {rt:,.0f} round trips/s, "
@@ -585,6 +666,7 @@ def main() -> int:
             {
                 "machine": note,
                 "calibration": {"round_trips_per_s": rt, "p50_us": c50, "p99_us": c99},
+                "busy_before_start_pct": busy0,
                 "args": {k: v for k, v in vars(a).items() if k != "json"},
                 "logs": {k: {"lines": n, "tail": t} for k, (n, t) in logs.items()},
                 "elapsed_s": elapsed,

@@ -47,6 +47,17 @@ from proxy.uplink import (
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
+#: Closes by which a CSMS says it is going away or in trouble, not that it refuses the
+#: charger: the session goes offline and keeps the charger.
+_OUTAGE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1014})
+
+
+def csms_dropped_charger(code: int | None) -> bool:
+    """Whether a CSMS close means "this charger, go away" (relayed to the charger) rather
+    than an outage (the charger is kept and served offline)."""
+    return code is not None and code not in _OUTAGE_CODES
+
+
 def relay_close_code(code: int | None) -> int:
     """The code to close one side with after the other side closed with ``code``."""
     if code is None or code in (1005, 1006):
@@ -212,7 +223,7 @@ class Session:
         self.log.info("uplink_lost", code=code, reason=reason)
         self.uplink = None
         self._fail_waiters()
-        if self.responder is None:
+        if self.responder is None or csms_dropped_charger(code):
             await self.charger.close(relay_close_code(code), reason or "")
             return
         await self._apply(router.uplink_lost())

@@ -340,6 +340,12 @@ class RecordingConnection:
                 return data
 
 
+async def _run_station(station: ChargePoint) -> None:
+    """Run an ocpp ChargePoint's receive loop until its connection closes."""
+    with contextlib.suppress(ConnectionClosed):
+        await station.start()
+
+
 # --------------------------------------------------------------------------- CSMS
 
 
@@ -352,6 +358,11 @@ class _CallTracker:
         self._open: dict[Direction, str | None] = {"sent": None, "received": None}
 
     def __call__(self, frame: Frame) -> None:
+        if isinstance(frame.text, bytes):
+            self._violations.append(
+                f"{self._where}: binary frame {frame.direction}: {frame.text!r}"
+            )
+            return
         msg = _try_parse(frame.text)
         if msg is None:
             self._violations.append(
@@ -675,7 +686,7 @@ class CsmsPeer:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(recording.pump())
-                tasks.create_task(self._serve(station))
+                tasks.create_task(_run_station(station))
         except Exception as exc:  # recorded for the test to see
             self.errors.append(exc)
         finally:
@@ -688,11 +699,6 @@ class CsmsPeer:
                 if self.live.get(identity) is conn:
                     del self.live[identity]
                 self._changes.touch()
-
-    @staticmethod
-    async def _serve(station: ChargePoint) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await station.start()
 
     # -- test API
 
@@ -954,6 +960,8 @@ class ChargerPeer:
         self.configuration: dict[str, str] = {"HeartbeatInterval": "300"}
         #: CSMS-initiated calls the charger's handlers answered, in order.
         self.handled: list[HandledCall] = []
+        #: A second unanswered CALL in one direction, or a frame that is not OCPP-J.
+        self.violations: list[str] = []
         #: Exceptions that ended the receiving loop other than a closed connection.
         self.errors: list[BaseException] = []
         self._ws: ClientConnection | None = None
@@ -973,20 +981,24 @@ class ChargerPeer:
             open_timeout=self.open_timeout,
             ping_interval=None,
         )
-        self._recording = RecordingConnection(self._ws)
+        self._recording = RecordingConnection(
+            self._ws, _CallTracker(f"charger {self.identity}", self.violations)
+        )
         station = self.handlers_class(
             self, self.identity, self._recording, response_timeout=self.call_timeout
         )
         station._unique_id_generator = self.ids
         self._station = station
-        self._serving = asyncio.create_task(self._serve(), name=f"charger {self.identity}")
+        self._serving = asyncio.create_task(
+            self._serve(self._recording, station), name=f"charger {self.identity}"
+        )
         return self
 
-    async def _serve(self) -> None:
+    async def _serve(self, recording: RecordingConnection, station: ChargePoint) -> None:
         try:
-            await self._station.start()
-        except ConnectionClosed:
-            pass
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(recording.pump())
+                tasks.create_task(_run_station(station))
         except Exception as exc:  # recorded; re-raised when the charger is left
             self.errors.append(exc)
 
@@ -1046,6 +1058,11 @@ class ChargerPeer:
     def ledger(self) -> list[LedgerEntry]:
         """Every call the charger sent and how it was answered."""
         return ledger(self.frames)
+
+    def assert_clean(self) -> None:
+        """No protocol violation seen and the receiving loop did not fail."""
+        assert self.violations == [], self.violations
+        assert self.errors == [], self.errors
 
     def handled_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
         self.handled.append(HandledCall(unique_id, action, payload))

@@ -64,6 +64,7 @@ async def test_session_through_controller_equals_direct_session(
             direct_csms.url, IDENTITY, clock=StepClock(), ids=counter_ids()
         ) as charger:
             direct_ledger = await charger.run_session()
+        charger.assert_clean()
         direct_frames = list(direct_csms.frames[IDENTITY])
         direct_csms.assert_clean()
 
@@ -73,6 +74,7 @@ async def test_session_through_controller_equals_direct_session(
     ) as charger:
         proxied_ledger = await charger.run_session()
         charger_frames = list(charger.frames)
+    charger.assert_clean()
 
     assert [e.outcome for e in proxied_ledger] == ["CALLRESULT"] * len(direct_ledger)
     # Through the controller: the CSMS got exactly what the charger sent, and the
@@ -176,6 +178,7 @@ async def test_csms_calls_reach_charger_and_answers_return_unchanged(
             await csms.call(IDENTITY, payload)
         charger_frames = list(charger.frames)
         handled = list(charger.handled)
+    charger.assert_clean()
 
     assert [h.action for h in handled] == actions
     csms_calls = ledger(csms.frames[IDENTITY])

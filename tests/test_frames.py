@@ -205,7 +205,7 @@ def test_unicode_and_escapes_stay_verbatim_in_raw() -> None:
     assert frame.payload == {"vendorId": "été", "data": "ünï"}
 
 
-@pytest.mark.parametrize("value", [BIG, -BIG, 2**64, -(2**63) - 1])
+@pytest.mark.parametrize("value", [2**64 - 1, 2**64 + 1, BIG, -BIG, -(2**63) - 1])
 def test_integers_beyond_64_bits_still_parse(value: int) -> None:
     """Integers orjson refuses (beyond 64 bits) are still valid JSON and parse exactly."""
     text = f'[2,"a","DataTransfer",{{"vendorId":"v","data":{value}}}]'
