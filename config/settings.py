@@ -68,12 +68,6 @@ class CsmsSettings(_Section):
     compression: bool = False
     #: Seconds the controller waits for the CSMS to answer a call it forwarded.
     call_timeout: float = Field(default=30.0, gt=0)
-    #: Reconnect back-off of each uplink: first wait, cap, random jitter added (s).
-    reconnect_min: float = Field(default=1.0, gt=0)
-    reconnect_max: float = Field(default=60.0, gt=0)
-    reconnect_jitter: float = Field(default=2.0, ge=0)
-    #: Uplinks the controller opens per second at most, site-wide (no stampede).
-    connect_rate: float = Field(default=50.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -81,6 +75,17 @@ class CsmsSettings(_Section):
         if not v.startswith(("ws://", "wss://")):
             raise ValueError("must start with ws:// or wss://")
         return v.rstrip("/")
+
+
+class UplinkSettings(_Section):
+    """How lost uplinks come back."""
+
+    #: Uplinks the controller opens per second at most, site-wide (no stampede).
+    max_connects_per_second: float = Field(default=50.0, gt=0)
+    #: Reconnect back-off of each uplink: first wait, cap, random jitter added (s).
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+    reconnect_jitter: float = Field(default=2.0, ge=0)
 
 
 class StoreSettings(_Section):
@@ -130,10 +135,15 @@ class PolicySettings(_Section):
     concurrent_tx: bool = True
     #: A transaction started offline whose id the CSMS refuses on replay: stop it with
     #: reason DeAuthorized (StopTransactionOnInvalidId) ...
-    stop_on_invalid_id: bool = True
+    stop_transaction_on_invalid_id: bool = True
     #: ... or else let it go on until this many Wh have been delivered since its start,
     #: then suspend energy with a 0 limit (MaxEnergyOnInvalidId).
     max_energy_on_invalid_id: int = Field(default=0, ge=0)
+    #: Transmissions of a stored message the CSMS answers with a CALLERROR (or not at
+    #: all) before it becomes a dead letter (TransactionMessageAttempts).
+    transaction_message_attempts: int = Field(default=3, ge=1)
+    #: Seconds; the wait before retry n is this times n (TransactionMessageRetryInterval).
+    transaction_message_retry_interval: float = Field(default=60.0, ge=0)
     #: First provisional OCPP 1.6 transactionId handed out offline (a reserved range).
     provisional_tx_id_start: int = Field(default=2_000_000_000, ge=1, le=2**31 - 1)
 
@@ -141,24 +151,25 @@ class PolicySettings(_Section):
 class ReplaySettings(_Section):
     """Delivery of stored messages once the uplink is back (OCPP 1.6 §3.7.1)."""
 
-    #: Transmissions of a message the CSMS answers with a CALLERROR before it becomes a
-    #: dead letter (TransactionMessageAttempts).
-    transaction_message_attempts: int = Field(default=3, ge=1)
-    #: Seconds; the wait before retry n is this times n (TransactionMessageRetryInterval).
-    transaction_message_retry_interval: float = Field(default=60.0, ge=0)
     #: Longest wait (s) before a BootNotification answered Pending/Rejected is replayed.
     boot_retry_max: float = Field(default=60.0, gt=0)
     #: Days a transaction id mapping is kept after its StopTransaction was delivered.
     mapping_grace_days: float = Field(default=7.0, ge=0)
 
 
-class ChargerSettings(_Section):
-    """One charger's registration and its overrides of the site policy."""
+class ChargerPolicySettings(_Section):
+    """A charger's overrides of the site policy (``[chargers.<identity>.policy]``)."""
 
-    stop_on_invalid_id: bool | None = None
+    stop_transaction_on_invalid_id: bool | None = None
     max_energy_on_invalid_id: int | None = Field(default=None, ge=0)
     transaction_message_attempts: int | None = Field(default=None, ge=1)
     transaction_message_retry_interval: float | None = Field(default=None, ge=0)
+
+
+class ChargerSettings(_Section):
+    """One charger's registration (``[chargers.<identity>]``) and policy overrides."""
+
+    policy: ChargerPolicySettings = ChargerPolicySettings()
 
 
 class LocalListSettings(_Section):
@@ -187,6 +198,7 @@ class Settings(BaseSettings):
 
     listen: ListenSettings = ListenSettings()
     csms: CsmsSettings = CsmsSettings()
+    uplink: UplinkSettings = UplinkSettings()
     store: StoreSettings = StoreSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
@@ -217,17 +229,18 @@ class Settings(BaseSettings):
 def charger_policy(settings: Settings, identity: str) -> tuple[bool, int, int, float]:
     """The effective (stop_on_invalid_id, max_energy_on_invalid_id Wh,
     transaction_message_attempts, transaction_message_retry_interval) of a charger."""
-    own = settings.chargers.get(identity) or ChargerSettings()
-    policy, replay = settings.policy, settings.replay
+    charger = settings.chargers.get(identity)
+    own = charger.policy if charger is not None else ChargerPolicySettings()
+    site = settings.policy
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     return (
-        pick(own.stop_on_invalid_id, policy.stop_on_invalid_id),
-        pick(own.max_energy_on_invalid_id, policy.max_energy_on_invalid_id),
-        pick(own.transaction_message_attempts, replay.transaction_message_attempts),
-        pick(own.transaction_message_retry_interval, replay.transaction_message_retry_interval),
+        pick(own.stop_transaction_on_invalid_id, site.stop_transaction_on_invalid_id),
+        pick(own.max_energy_on_invalid_id, site.max_energy_on_invalid_id),
+        pick(own.transaction_message_attempts, site.transaction_message_attempts),
+        pick(own.transaction_message_retry_interval, site.transaction_message_retry_interval),
     )
 
 

@@ -81,7 +81,7 @@ class ChargerServer:
         self.responder = responder
         self.observer = observer
         self.replayer = replayer
-        self.limiter = ConnectLimiter(settings.csms.connect_rate)
+        self.limiter = ConnectLimiter(settings.uplink.max_connects_per_second)
         self.sessions: dict[str, Session] = {}
         self._handshakes: dict[Any, _Handshake] = {}
         self._server: Server | None = None
@@ -234,6 +234,7 @@ class ChargerServer:
             observer=self.observer,
             reconnect=Reconnect(
                 self.settings.csms,
+                self.settings.uplink,
                 UplinkRequest(hs.identity, (dialect.subprotocol,), hs.authorization, hs.user_agent),
                 self.limiter,
                 self.replayer,

@@ -99,6 +99,8 @@ class Replayer:
         log = session.log
         started = time.monotonic()
         depth = await self.store.outbox_depth(session.identity)
+        session.replay_left = depth
+        last_report = started
         log.info("replay_started", outbox_depth=depth)
         try:
             while True:
@@ -109,6 +111,7 @@ class Replayer:
                 if not rows:
                     if session.pending_stores == 0 and session.stored_count == mark:
                         session.router.drained()
+                        session.replay_left = 0
                         log.info(
                             "replay_done",
                             replayed=session.replayed,
@@ -119,8 +122,19 @@ class Replayer:
                     continue
                 for row in rows:
                     await self._replay_row(session, row)
-                    if session.replayed % 100 == 0:
-                        log.info("replay_progress", replayed=session.replayed)
+                    now = time.monotonic()
+                    if now - last_report >= 5.0 or session.replayed % 500 == 0:
+                        last_report = now
+                        left = await self.store.outbox_depth(session.identity)
+                        rate = session.replayed / max(now - started, 1e-6)
+                        session.replay_left = left
+                        log.info(
+                            "replay_progress",
+                            replayed=session.replayed,
+                            left=left,
+                            rate_per_s=round(rate, 1),
+                            eta_s=round(left / rate, 1) if rate > 0 else None,
+                        )
         except UplinkGone:
             log.info("replay_interrupted", replayed=session.replayed)
 
@@ -268,6 +282,10 @@ class Replayer:
         else:
             await self.store.set_policy(identity, prov, cap_wh=cap)
             self._watch(session, prov, tx["meter_start"], cap, tx["connector"])
+            if delivered is None:
+                # Without energy readings the limit cannot be checked: the transaction
+                # charges on until the charger reports Energy.Active.Import.Register.
+                session.log.warning("energy_cap_without_meter_values", transaction_id=prov)
 
     async def _ask(self, session: Session, action: str, payload: dict[str, Any]) -> None:
         with contextlib.suppress(TimeoutError, UplinkGone):

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from config.settings import CsmsSettings
+from config.settings import CsmsSettings, UplinkSettings
 from proxy.frames import Call, CallError, CallResult
 from proxy.router import (
     Answer,
@@ -110,6 +110,7 @@ class Reconnect:
     """What a session needs to reopen its uplink by itself."""
 
     csms: CsmsSettings
+    uplink: UplinkSettings
     request: UplinkRequest
     limiter: ConnectLimiter
     drainer: Drainer | None = None
@@ -151,6 +152,7 @@ class Session:
         self.stored_count = 0
         #: Replay progress, for logs and the admin API.
         self.replayed = 0
+        self.replay_left = 0
         self._waiters: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._own_waiters: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -234,12 +236,13 @@ class Session:
         rc = self._reconnect
         assert rc is not None
         csms = rc.csms
-        waits = backoff(csms.reconnect_min, csms.reconnect_max, 2.0, csms.reconnect_jitter)
+        up = rc.uplink
+        waits = backoff(up.reconnect_min, up.reconnect_max, 2.0, up.reconnect_jitter)
         attempt = 0
         while True:
             wait = next(waits)
             if first and attempt == 0:
-                wait = min(wait, csms.reconnect_min)
+                wait = min(wait, up.reconnect_min)
             await asyncio.sleep(wait)
             attempt += 1
             await rc.limiter.acquire()
