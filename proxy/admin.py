@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import AdminSettings
 
+if TYPE_CHECKING:
+    from proxy.app import Controller
 
-def build_app(ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> FastAPI:
+
+def build_app(ctl: Controller) -> FastAPI:
+    """The admin application of one controller."""
     app = FastAPI(title="OCPP site controller", version="0.1.0")
 
     @app.get("/healthz", summary="The process is alive")
@@ -28,11 +33,15 @@ def build_app(ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -
 
     @app.get("/readyz", summary="Chargers can connect: store open, charger port listening")
     async def readyz() -> JSONResponse:
-        ok = ready()
+        ok = ctl.ready()
         return JSONResponse(
-            {"status": "ready" if ok else "starting", **status()},
+            {"status": "ready" if ok else "starting", **ctl.status()},
             status_code=200 if ok else 503,
         )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -20,6 +20,7 @@ from config.settings import Settings
 from policies.local_list import parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
+from proxy.metrics import Metrics
 from proxy.offline import OfflineResponder
 from proxy.replay import Replayer
 from proxy.router import State
@@ -33,19 +34,27 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log = get_logger(component="controller")
+        self.metrics = Metrics()
         self.store = Store(
             settings.store.path,
             busy_timeout_ms=settings.store.busy_timeout_ms,
             tx_id_start=settings.policy.provisional_tx_id_start,
         )
-        self.site = Site(self.store, settings.policy)
+        self.store.on_commit = self.metrics.store_commit.observe
+        self.site = Site(self.store, settings.policy, self.metrics)
         self.responder = OfflineResponder(settings, self.store, self.site)
-        self.replayer = Replayer(settings, self.store)
+        self.replayer = Replayer(settings, self.store, self.metrics)
         self.site.on_meter = self.replayer.meter
         self.chargers = ChargerServer(
-            settings, responder=self.responder, observer=self.site, replayer=self.replayer
+            settings,
+            responder=self.responder,
+            observer=self.site,
+            replayer=self.replayer,
+            metrics=self.metrics,
         )
-        self.admin = AdminServer(settings.admin, build_app(self.ready, self.status))
+        self._gauges: dict[str, Any] = {}
+        self.metrics.bind_state(self.metrics_state)
+        self.admin = AdminServer(settings.admin, build_app(self))
         self._ready = False
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -62,6 +71,21 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         return {"chargers": len(self.chargers.sessions)}
+
+    def metrics_state(self) -> dict[str, Any]:
+        """Scrape-time gauges: live session states plus the store figures the watchdog
+        last read (the scrape itself does no I/O)."""
+        uplinks = {"online": 0, "offline": 0, "draining": 0}
+        replay_left = 0
+        for session in self.chargers.sessions.values():
+            uplinks[session.state.value] += 1
+            replay_left += session.replay_left
+        return {
+            "connected": len(self.chargers.sessions),
+            "uplinks": uplinks,
+            "replay_left": replay_left,
+            **self._gauges,
+        }
 
     async def start(self) -> None:
         # Long-lived objects are many and stable: collect the young generation more
@@ -91,6 +115,7 @@ class Controller:
             await asyncio.sleep(period)
             try:
                 depths = await self.store.depths()
+                self._gauges = await self.store.outbox_summary()
                 for identity, depth in depths.items():
                     session = self.chargers.sessions.get(identity)
                     if depth and session is not None and session.state is State.ONLINE:

@@ -26,6 +26,7 @@ from websockets.typing import Subprotocol
 
 from config.logging import get_logger
 from config.settings import Settings
+from proxy.metrics import Metrics
 from proxy.replay import Replayer
 from proxy.router import Router, State
 from proxy.session import ConnectLimiter, Observer, Reconnect, Responder, Session
@@ -76,8 +77,10 @@ class ChargerServer:
         responder: Responder | None = None,
         observer: Observer | None = None,
         replayer: Replayer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self.responder = responder
         self.observer = observer
         self.replayer = replayer
@@ -132,6 +135,7 @@ class ChargerServer:
         identity = identity_from_path(request.path)
         if identity is None:
             self.log.warning("charger_refused", reason="bad_identity", path=request.path[:100])
+            self.metrics.security_events["bad_identity"] += 1
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
         offered = offered_subprotocols(request.headers)
         ours = [p for p in offered if p in SUPPORTED_SUBPROTOCOLS]
@@ -140,6 +144,7 @@ class ChargerServer:
             # Completed without a subprotocol, then closed at once by the handler.
             self._handshakes[connection] = _Handshake(identity, None, None)
             log.warning("charger_refused", reason="no_supported_subprotocol", offered=offered)
+            self.metrics.security_events["no_supported_subprotocol"] += 1
             return None
         authorization = request.headers.get("Authorization")
         user_agent = request.headers.get("User-Agent")
@@ -151,6 +156,7 @@ class ChargerServer:
             )
         except UplinkRefused as exc:
             log.warning("charger_refused", reason="csms_refused", status=exc.status)
+            self.metrics.security_events[f"csms_refused_{exc.status}"] += 1
             return connection.respond(http.HTTPStatus(exc.status), f"{exc.reason}\n")
         except UplinkUnavailable as exc:
             if self.responder is None or not self._serves_offline():
@@ -232,6 +238,7 @@ class ChargerServer:
             log,
             responder=self.responder if serves else None,
             observer=self.observer,
+            metrics=self.metrics,
             reconnect=Reconnect(
                 self.settings.csms,
                 self.settings.uplink,

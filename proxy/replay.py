@@ -36,6 +36,7 @@ from policies.invalid_id import (
 )
 from proxy import frames
 from proxy.frames import Call, CallError, CallResult, FrameError
+from proxy.metrics import Metrics
 from proxy.router import OWN_ID_PREFIX
 from proxy.session import UplinkGone
 from proxy.store import OutboxRow, Statement, Store
@@ -61,9 +62,10 @@ def with_id(call: Call, message_id: str) -> Call:
 class Replayer:
     """Drains outboxes and applies the invalid-id policy, for every charger."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
         #: (identity, provisional id) -> (meter start Wh, limit Wh, connector) of
         #: transactions charging on towards their energy limit
         self._watched: dict[tuple[str, int], tuple[float, int, int]] = {}
@@ -200,11 +202,13 @@ class Replayer:
             answer = await self._send(session, call)
             if isinstance(answer, CallResult):
                 await self._delivered(session, row, answer)
+                self.metrics.replayed[row.action, "delivered"] += 1
                 return
             code = answer.code if isinstance(answer, CallError) else "Timeout"
             transmissions += 1
             dead = is_dead_letter(transmissions, attempts)
             await self.store.refused(row.seq, transmissions, code, dead=dead)
+            self.metrics.replayed[row.action, "dead_letter" if dead else "refused"] += 1
             session.log.warning(
                 "replay_refused",
                 action=row.action,
@@ -271,6 +275,7 @@ class Replayer:
         session.log.warning(
             "invalid_id_policy", transaction_id=prov, status=status, action=decision.action.value
         )
+        self.metrics.policy_actions[decision.action.value] += 1
         if decision.action is Action.STOP:
             session.router.deauthorized.add(prov)
             await self.store.set_policy(identity, prov, deauthorized=True)

@@ -46,16 +46,18 @@ class Origin(Enum):
 
 @dataclass(slots=True, frozen=True)
 class ToCsms:
-    """Send this text on the uplink."""
+    """Send this text on the uplink (``action``: of a frame passed through, for metrics)."""
 
     text: str
+    action: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class ToCharger:
-    """Send this text to the charger."""
+    """Send this text to the charger (``action``: of a frame passed through)."""
 
     text: str
+    action: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -218,7 +220,7 @@ class Router:
             if self.tx_up and call.action in self.dialect.transaction_actions:
                 call = self.dialect.rewrite_up(call, self.tx_up, self.deauthorized)
         self._up = _Pending(call, origin, now)
-        return [ToCsms(call.raw)]
+        return [ToCsms(call.raw, call.action if origin is Origin.CHARGER else None)]
 
     def replay_call(self, call: Call, now: float) -> list[Effect]:
         """Send a call of the controller's own upstream, in the one slot (queued if busy)."""
@@ -253,13 +255,13 @@ class Router:
         elif self.state is State.OFFLINE:
             effects = [Note("csms_call_answer_dropped", {"action": down.call.action})]
         else:
-            effects = [ToCsms(answer.raw)]
+            effects = [ToCsms(answer.raw, down.call.action)]
             if down.call.action in self.watched:
                 effects.append(Exchange(Origin.CSMS, down.call, answer))
         if self._down_queue:
             call, origin = self._down_queue.popleft()
             self._down = _Pending(call, origin, now)
-            effects.append(ToCharger(call.raw))
+            effects.append(ToCharger(call.raw, call.action if origin is Origin.CSMS else None))
         return effects
 
     # -- CSMS side ----------------------------------------------------------------
@@ -285,7 +287,7 @@ class Router:
         else:
             self._last_call = up.call
             self._last_answer = frame.raw
-            effects = [ToCharger(frame.raw)]
+            effects = [ToCharger(frame.raw, up.call.action)]
             if up.call.action in self.watched:
                 effects.append(Exchange(Origin.CHARGER, up.call, frame))
         if self._up_queue:
@@ -313,7 +315,7 @@ class Router:
             self._down_queue.append((call, origin))
             return [Note("call_to_charger_queued", {"action": call.action})]
         self._down = _Pending(call, origin, now)
-        return [ToCharger(call.raw)]
+        return [ToCharger(call.raw, call.action if origin is Origin.CSMS else None)]
 
     # -- uplink state -------------------------------------------------------------
 

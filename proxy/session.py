@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from config.settings import CsmsSettings, UplinkSettings
 from proxy.frames import Call, CallError, CallResult
+from proxy.metrics import Metrics
 from proxy.router import (
     Answer,
     Effect,
@@ -131,6 +132,7 @@ class Session:
         observer: Observer | None = None,
         reconnect: Reconnect | None = None,
         on_own_result: Callable[[OwnResult], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.identity = identity
         self.charger = charger
@@ -141,6 +143,8 @@ class Session:
         self.observer = observer
         self._reconnect = reconnect
         self._on_own_result = on_own_result
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._forwarded = self.metrics.forwarded
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._clock = loop.time
@@ -274,13 +278,18 @@ class Session:
         for effect in effects:
             kind = type(effect)
             if kind is ToCsms:
+                if effect.action is not None:  # type: ignore[union-attr]
+                    self._forwarded["up", effect.action] += 1  # type: ignore[union-attr]
                 await self._send_up(effect.text)  # type: ignore[union-attr]
             elif kind is ToCharger:
+                if effect.action is not None:  # type: ignore[union-attr]
+                    self._forwarded["down", effect.action] += 1  # type: ignore[union-attr]
                 with contextlib.suppress(ConnectionClosed):
                     await self.charger.send(effect.text)  # type: ignore[union-attr]
             elif kind is Answer:
                 await self._answer(effect.call)  # type: ignore[union-attr]
             elif kind is Note:
+                self.metrics.notes[effect.event] += 1  # type: ignore[union-attr]
                 self.log.info(effect.event, **effect.fields)  # type: ignore[union-attr]
             elif kind is Exchange:
                 if self.observer is not None:
@@ -314,6 +323,7 @@ class Session:
         if self.responder is None:
             return
         self.pending_stores += 1
+        self.metrics.offline_answers[call.action] += 1
         try:
             text = await self.responder.answer(self, call)
         finally:

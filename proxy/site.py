@@ -24,6 +24,7 @@ from policies.authorization import (
 )
 from policies.local_list import ListUpdate, apply_update
 from proxy.frames import CallResult
+from proxy.metrics import Metrics
 from proxy.router import Exchange, Origin
 from proxy.store import Store
 
@@ -59,9 +60,12 @@ def id_tag_info_entry(info: Any) -> AuthEntry | None:
 class Site:
     """Site-wide authorization state over the store."""
 
-    def __init__(self, store: Store, policy: PolicySettings) -> None:
+    def __init__(
+        self, store: Store, policy: PolicySettings, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.policy = policy
+        self.metrics = metrics if metrics is not None else Metrics()
         #: id key -> the (identity, transactionId) pairs charging with it
         self._active: dict[str, set[tuple[str, int]]] = {}
         self._tx_key: dict[tuple[str, int], str] = {}
@@ -97,7 +101,7 @@ class Site:
         self, identity: str, key: str, *, for_start: bool, valid: bool = True
     ) -> AuthDecision:
         charger, site, cache = await self.store.auth_entries(identity, key)
-        return authorize(
+        decision = authorize(
             key,
             now=datetime.now(UTC),
             charger_list={key: charger} if charger else {},
@@ -109,6 +113,8 @@ class Site:
             for_start=for_start,
             valid=valid,
         )
+        self.metrics.auth_decisions[decision.source.value, decision.status.value] += 1
+        return decision
 
     # -- learning from what passes through -----------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -182,8 +182,8 @@ class Store:
         self._writer: asyncio.Task[None] | None = None
         self._next_tx: int = tx_id_start
         self._tx_lock = asyncio.Lock()
-        #: Seconds each group commit took, newest last (bounded); for metrics.
-        self.commit_seconds: list[float] = []
+        #: Called with the seconds each group commit took (metrics).
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -289,9 +289,8 @@ class Store:
                     if not change.done.done():
                         change.done.set_exception(error)
                 continue
-            self.commit_seconds.append(time.perf_counter() - started)
-            if len(self.commit_seconds) > 1024:
-                del self.commit_seconds[:512]
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
             for change in batch:
                 if not change.done.done():
                     change.done.set_result(None)
@@ -430,6 +429,21 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def outbox_summary(self) -> dict[str, float]:
+        """Outbox depth, the age of its oldest message (s) and the dead letters."""
+        async with self._read().execute(
+            "SELECT COUNT(*) FILTER (WHERE state = 'pending'),"
+            " MIN(created) FILTER (WHERE state = 'pending'),"
+            " COUNT(*) FILTER (WHERE state = 'dead') FROM outbox"
+        ) as cur:
+            row = await cur.fetchone()
+        depth, oldest, dead = row if row else (0, None, 0)
+        return {
+            "outbox_depth": depth or 0,
+            "outbox_oldest_age_seconds": time.time() - oldest if oldest else 0.0,
+            "dead_letters": dead or 0,
+        }
 
     async def outbox_depth(self, identity: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"

@@ -1,0 +1,131 @@
+"""Prometheus metrics.
+
+The hot path only bumps plain dictionaries (one dict operation per frame); a collector
+turns them into Prometheus families when ``/metrics`` is scraped, together with gauges
+read from the controller's state at that moment (connected chargers, uplinks by state,
+outbox depth and age, dead letters).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class Metrics:
+    """Counters of one controller; cheap to bump, exported on scrape."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        #: (direction, action) -> frames forwarded; direction "up" (to the CSMS) or "down"
+        self.forwarded: Counter[tuple[str, str]] = Counter()
+        #: action -> calls answered by the offline responder
+        self.offline_answers: Counter[str] = Counter()
+        #: (source, status) -> offline authorization decisions
+        self.auth_decisions: Counter[tuple[str, str]] = Counter()
+        #: (action, result) -> replayed messages: delivered, refused, dead_letter
+        self.replayed: Counter[tuple[str, str]] = Counter()
+        #: action -> invalid-id policy actions taken (stop, suspend, watch)
+        self.policy_actions: Counter[str] = Counter()
+        #: event -> security events (refused identities, bad frames, oversized frames ...)
+        self.security_events: Counter[str] = Counter()
+        #: event -> protocol problems noted by the router (bad frames, unknown answers)
+        self.notes: Counter[str] = Counter()
+        self.store_commit = Histogram(
+            "ocpp_lc_store_commit_seconds",
+            "Time of one group commit of the store (fsync included)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self._state: Callable[[], dict[str, Any]] | None = None
+        self.registry.register(_Collector(self))
+
+    def bind_state(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Where scrape-time gauges come from (see :meth:`Controller.metrics_state`)."""
+        self._state = state
+
+    def state(self) -> dict[str, Any]:
+        return self._state() if self._state is not None else {}
+
+
+def _counter(name: str, doc: str, labels: list[str], data: Counter[Any]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(data.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        yield _counter(
+            "ocpp_lc_frames_forwarded",
+            "Frames passed through unchanged, by direction and action",
+            ["direction", "action"],
+            m.forwarded,
+        )
+        yield _counter(
+            "ocpp_lc_offline_answers",
+            "Charger calls answered by the controller while the uplink was down",
+            ["action"],
+            m.offline_answers,
+        )
+        yield _counter(
+            "ocpp_lc_authorization_decisions",
+            "Offline authorization decisions by source and status",
+            ["source", "status"],
+            m.auth_decisions,
+        )
+        yield _counter(
+            "ocpp_lc_replayed_messages",
+            "Stored messages replayed to the CSMS, by action and result",
+            ["action", "result"],
+            m.replayed,
+        )
+        yield _counter(
+            "ocpp_lc_policy_actions",
+            "Invalid-id policy actions taken",
+            ["action"],
+            m.policy_actions,
+        )
+        yield _counter(
+            "ocpp_lc_security_events",
+            "Security events (refused identities, bad frames, oversized frames ...)",
+            ["event"],
+            m.security_events,
+        )
+        yield _counter(
+            "ocpp_lc_protocol_events",
+            "Protocol problems noted on the pass-through path",
+            ["event"],
+            m.notes,
+        )
+        state = m.state()
+        connected = GaugeMetricFamily(
+            "ocpp_lc_chargers_connected", "Chargers connected to the controller"
+        )
+        connected.add_metric([], state.get("connected", 0))
+        yield connected
+        uplinks = GaugeMetricFamily(
+            "ocpp_lc_uplinks", "Charger sessions by uplink state", labels=["state"]
+        )
+        for name, count in sorted(state.get("uplinks", {}).items()):
+            uplinks.add_metric([name], count)
+        yield uplinks
+        for key, doc in (
+            ("outbox_depth", "Messages stored for the CSMS, all chargers"),
+            ("outbox_oldest_age_seconds", "Age of the oldest stored message"),
+            ("dead_letters", "Messages the CSMS refused after every attempt"),
+            ("replay_left", "Messages left to replay, all draining chargers"),
+        ):
+            gauge = GaugeMetricFamily(f"ocpp_lc_{key}", doc)
+            gauge.add_metric([], state.get(key, 0))
+            yield gauge
