@@ -88,16 +88,11 @@ class Controller:
         }
 
     async def start(self) -> None:
-        # Long-lived objects are many and stable: collect the young generation more
-        # rarely and keep start-up objects out of full collections.
-        gc.set_threshold(20_000, 50, 100)
         await self.store.open()
         await self.site.load()
         await self._import_site_list()
         await self.chargers.start()
         await self.admin.start()
-        gc.collect()
-        gc.freeze()
         self._watchdog = asyncio.create_task(self._watch_outboxes(), name="outbox-watchdog")
         self._ready = True
         self.log.info(
@@ -164,5 +159,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Long-lived objects are many and stable: collect the young generation more rarely
+    # and keep start-up objects out of full collections (LIMITS.md item 4).
+    gc.set_threshold(20_000, 50, 100)
     async with Controller(settings):
+        gc.collect()
+        gc.freeze()
         await stop.wait()

@@ -87,6 +87,7 @@ class ChargerServer:
         self.limiter = ConnectLimiter(settings.uplink.max_connects_per_second)
         self.sessions: dict[str, Session] = {}
         self._handshakes: dict[Any, _Handshake] = {}
+        self._reaping: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self.log = get_logger(component="downstream")
 
@@ -183,7 +184,9 @@ class ChargerServer:
         hs = self._handshakes.pop(connection, None)
         if hs is not None and hs.uplink is not None:
             self.log.info("uplink_reaped", charger=hs.identity)
-            asyncio.get_running_loop().create_task(hs.uplink.close(1001))
+            task = asyncio.get_running_loop().create_task(hs.uplink.close(1001))
+            self._reaping.add(task)
+            task.add_done_callback(self._reaping.discard)
 
     async def _has_backlog(self, identity: str) -> bool:
         """Whether a charger has anything waiting for replay (after an outage or restart)."""

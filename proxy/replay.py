@@ -35,6 +35,7 @@ from policies.invalid_id import (
     retry_wait,
 )
 from proxy import frames
+from proxy.crashpoints import ARMED, crashpoint
 from proxy.frames import Call, CallError, CallResult, FrameError
 from proxy.metrics import Metrics
 from proxy.router import OWN_ID_PREFIX
@@ -201,6 +202,8 @@ class Replayer:
             call = router.dialect.rewrite_up(stored, router.tx_up, router.deauthorized)
             answer = await self._send(session, call)
             if isinstance(answer, CallResult):
+                if ARMED:
+                    crashpoint("after_callresult_before_mark")
                 await self._delivered(session, row, answer)
                 self.metrics.replayed[row.action, "delivered"] += 1
                 return
@@ -239,6 +242,8 @@ class Replayer:
             if isinstance(real, int):
                 router.tx_up[row.tx_id] = real
                 router.tx_down[real] = row.tx_id
+                if ARMED:
+                    crashpoint("mid_mapping_update")
                 extra.append(self.store.map_transaction(identity, row.tx_id, real))
             info = payload.get("idTagInfo")
             if isinstance(info, dict) and isinstance(info.get("status"), str):

@@ -22,6 +22,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from config.settings import CsmsSettings, UplinkSettings
+from proxy.crashpoints import ARMED, crashpoint
 from proxy.frames import Call, CallError, CallResult
 from proxy.metrics import Metrics
 from proxy.router import (
@@ -330,8 +331,12 @@ class Session:
             self.pending_stores -= 1
             self.stored_count += 1
         if text is not None:
+            if ARMED:
+                crashpoint("after_commit_before_ack")
             with contextlib.suppress(ConnectionClosed):
                 await self.charger.send(text)
+            if ARMED:
+                crashpoint("after_ack")
 
     async def call_csms(self, call: Call, wait_for: float) -> CallResult | CallError:
         """Send a call of the controller's own upstream and wait for the CSMS's answer.
@@ -343,6 +348,8 @@ class Session:
         fut: asyncio.Future[CallResult | CallError] = self._loop.create_future()
         self._waiters[call.id] = fut
         await self._apply(self.router.replay_call(call, self._clock()))
+        if ARMED:
+            crashpoint("after_upstream_send")
         try:
             async with asyncio.timeout(wait_for):
                 return await fut

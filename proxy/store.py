@@ -28,6 +28,7 @@ from typing import Any
 import aiosqlite
 
 from policies.authorization import AuthEntry, AuthStatus
+from proxy.crashpoints import ARMED, crashpoint
 
 MIGRATIONS: tuple[str, ...] = (
     # version 1
@@ -273,6 +274,8 @@ class Store:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     await self._run_grouped(db, [s for c in batch for s in c.statements])
+                    if ARMED:
+                        crashpoint("before_commit")
                     await db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(Exception):
