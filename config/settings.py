@@ -153,6 +153,9 @@ class ReplaySettings(_Section):
 
     #: Longest wait (s) before a BootNotification answered Pending/Rejected is replayed.
     boot_retry_max: float = Field(default=60.0, gt=0)
+    #: Set ``offline: true`` on replayed OCPP 2.0.1 TransactionEvents that happened while
+    #: the uplink was down (E04.FR.01); off: replay them exactly as received.
+    mark_offline: bool = True
     #: Days a transaction id mapping is kept after its StopTransaction was delivered.
     mapping_grace_days: float = Field(default=7.0, ge=0)
 

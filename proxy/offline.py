@@ -20,10 +20,12 @@ from config.settings import Settings
 from policies.authorization import AuthDecision, AuthStatus, is_valid_id_tag, token_key
 from proxy import frames
 from proxy.frames import Call, ErrorKind
+from proxy.router import State
 from proxy.site import Site
 from proxy.store import NewTransaction, OutboxItem, Store, StoreError
 from proxy.versions import Dialect
 from proxy.versions.ocpp16 import dedupe_key
+from proxy.versions.ocpp201 import energy_wh as energy_wh_201
 
 if TYPE_CHECKING:
     from proxy.session import Session
@@ -80,7 +82,11 @@ class OfflineResponder:
         self.settings = settings
         self.store = store
         self.site = site
-        self._tables: dict[str, dict[str, Handler]] = {"ocpp1.6": OCPP16}
+        self._tables: dict[str, dict[str, Handler]] = {
+            "ocpp1.6": OCPP16,
+            "ocpp2.0.1": OCPP201,
+            "ocpp2.1": OCPP201,
+        }
 
     async def answer(self, session: Session, call: Call) -> str | None:
         dialect = session.router.dialect
@@ -110,19 +116,24 @@ class OfflineResponder:
         code = dialect.error_code(kind) or "GenericError"
         return frames.error(call.id, code, description)
 
+    def item(
+        self, session: Session, call: Call, payload: dict[str, Any], tx_id: int | None = None
+    ) -> OutboxItem:
+        """The outbox entry of a charger call answered now."""
+        return OutboxItem(
+            session.identity,
+            call.action,
+            call.id,
+            call.raw,
+            tx_id,
+            session.router.dialect.dedupe_key(call.action, payload),
+            session.state is State.OFFLINE,
+        )
+
     async def store_message(
         self, session: Session, call: Call, payload: dict[str, Any], tx_id: int | None = None
     ) -> None:
-        await self.store.append(
-            OutboxItem(
-                session.identity,
-                call.action,
-                call.id,
-                call.raw,
-                tx_id,
-                dedupe_key(call.action, payload),
-            )
-        )
+        await self.store.append(self.item(session, call, payload, tx_id))
 
 
 # -- OCPP 1.6 -------------------------------------------------------------------------
@@ -176,7 +187,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
             p["timestamp"],
             info["status"],
         ),
-        OutboxItem(s.identity, call.action, call.id, call.raw, None, dkey),
+        r.item(s, call, p),
     )
     if decision.status is AuthStatus.Accepted:
         r.site.started(s.identity, tx_id, key)
@@ -192,7 +203,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
 async def _stop16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
     tx_id = p["transactionId"]
     await r.store.append(
-        OutboxItem(s.identity, call.action, call.id, call.raw, tx_id, dedupe_key(call.action, p)),
+        r.item(s, call, p, tx_id),
         (
             "UPDATE transactions SET stopped = 1 WHERE identity = ? AND provisional = ?",
             (s.identity, tx_id),
@@ -249,4 +260,142 @@ OCPP16: dict[str, Handler] = {
     "SignedFirmwareStatusNotification": _stored16,
     "DataTransfer": _data_transfer16,
     "SignCertificate": _sign_certificate16,
+}
+
+
+# -- OCPP 2.0.1 -----------------------------------------------------------------------
+
+_TOKEN_MAX = 36
+
+
+def id_token_info(decision: AuthDecision) -> dict[str, Any]:
+    info: dict[str, Any] = {"status": decision.status.value}
+    if decision.expiry is not None:
+        info["cacheExpiryDateTime"] = decision.expiry.isoformat().replace("+00:00", "Z")
+    if decision.parent_id_tag is not None:
+        info["groupIdToken"] = {"idToken": decision.parent_id_tag, "type": "Central"}
+    return info
+
+
+async def _decide_token(
+    r: OfflineResponder, s: Session, token: dict[str, Any], *, for_start: bool
+) -> AuthDecision:
+    value = str(token.get("idToken", ""))
+    kind = str(token.get("type", ""))
+    return await r.site.decide(
+        s.identity,
+        token_key(value, kind),
+        for_start=for_start,
+        valid=kind == "NoAuthorization" or is_valid_id_tag(value, _TOKEN_MAX),
+        site_key=token_key(value, None),
+    )
+
+
+async def _boot201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    known = await r.store.charger(s.identity)
+    status = "Accepted" if known is not None else _BOOT_STATUS[r.settings.offline.unknown_charger]
+    await r.store.record_boot(s.identity, s.subprotocol, call.raw, replay=True, accepted=None)
+    s.boot_status = status
+    return frames.result(
+        call.id,
+        {
+            "currentTime": now_iso(),
+            "interval": r.settings.offline.heartbeat_interval,
+            "status": status,
+        },
+    )
+
+
+async def _status201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    # One row per EVSE and connector: the latest status is replayed, not the history.
+    connector = int(p["evseId"]) * 1000 + int(p["connectorId"])
+    await r.store.record_status(
+        s.identity, connector, p.get("connectorStatus"), call.raw, replay=True
+    )
+    return frames.result(call.id, {})
+
+
+async def _authorize201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    decision = await _decide_token(r, s, p["idToken"], for_start=False)
+    s.log.info("offline_authorize", status=decision.status.value, source=decision.source.value)
+    return frames.result(call.id, {"idTokenInfo": id_token_info(decision)})
+
+
+async def _transaction_event201(
+    r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]
+) -> str:
+    tx = p["transactionInfo"]
+    tx_id = str(tx["transactionId"])
+    token = p.get("idToken")
+    answer: dict[str, Any] = {}
+    status: str | None = None
+    key: str | None = None
+    if isinstance(token, dict):
+        previous = await r.store.station_transaction(s.identity, tx_id)
+        if previous is not None and previous["status"] is not None and previous["id_key"]:
+            status = previous["status"]  # the same transaction: the same verdict
+            answer["idTokenInfo"] = {"status": status}
+            key = previous["id_key"]
+        else:
+            decision = await _decide_token(r, s, token, for_start=True)
+            answer["idTokenInfo"] = id_token_info(decision)
+            status = decision.status.value
+            key = token_key(str(token.get("idToken", "")), str(token.get("type", "")))
+    raw_evse = p.get("evse")
+    evse: dict[str, Any] = raw_evse if isinstance(raw_evse, dict) else {}
+    ended = p["eventType"] == "Ended"
+    await r.store.append(
+        r.item(s, call, p),
+        r.store.station_event(
+            s.identity,
+            tx_id,
+            id_key=key,
+            evse=evse.get("id"),
+            connector=evse.get("connectorId"),
+            meter_start=energy_wh_201(p),
+            status=status,
+            ended=ended,
+        ),
+    )
+    if ended:
+        r.site.stopped(s.identity, tx_id)
+    elif key is not None and status == "Accepted":
+        r.site.started(s.identity, tx_id, key)
+    if r.site.on_meter is not None:
+        await r.site.on_meter(s, p)
+    return frames.result(call.id, answer)
+
+
+async def _stored201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    await r.store_message(s, call, p)
+    return frames.result(call.id, {})
+
+
+async def _answered201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    """Notifications the CSMS only acknowledges and needs no copy of later."""
+    return frames.result(call.id, {})
+
+
+async def _data_transfer201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    return frames.result(call.id, {"status": "UnknownVendorId"})
+
+
+async def _rejected201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    return frames.result(call.id, {"status": "Rejected"})
+
+
+OCPP201: dict[str, Handler] = {
+    "BootNotification": _boot201,
+    "Heartbeat": _heartbeat16,
+    "StatusNotification": _status201,
+    "Authorize": _authorize201,
+    "TransactionEvent": _transaction_event201,
+    "MeterValues": _stored201,
+    "NotifyEvent": _stored201,
+    "NotifyReport": _answered201,
+    "SecurityEventNotification": _stored201,
+    "FirmwareStatusNotification": _stored201,
+    "LogStatusNotification": _stored201,
+    "DataTransfer": _data_transfer201,
+    "SignCertificate": _rejected201,
 }

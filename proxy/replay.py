@@ -42,11 +42,16 @@ from proxy.router import OWN_ID_PREFIX
 from proxy.session import UplinkGone
 from proxy.store import OutboxRow, Statement, Store
 from proxy.versions.ocpp16 import energy_wh
+from proxy.versions.ocpp201 import energy_wh as energy_wh_201
 
 if TYPE_CHECKING:
     from proxy.session import Session
 
 _POLICY_TIMEOUT = 30.0
+
+#: A transaction as the charger knows it: a provisional or CSMS id (1.6), the station's
+#: transactionId (2.0.1).
+TxRef = int | str
 
 
 def fresh_id() -> str:
@@ -67,12 +72,12 @@ class Replayer:
         self.settings = settings
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics()
-        #: (identity, provisional id) -> (meter start Wh, limit Wh, connector) of
+        #: (identity, transaction) -> (meter start Wh, limit Wh, connector or EVSE) of
         #: transactions charging on towards their energy limit
-        self._watched: dict[tuple[str, int], tuple[float, int, int]] = {}
-        #: (identity, provisional id) -> last energy register reading (Wh)
-        self._energy: dict[tuple[str, int], float] = {}
-        self._suspended: set[tuple[str, int]] = set()
+        self._watched: dict[tuple[str, TxRef], tuple[float, int, int | None]] = {}
+        #: (identity, transaction) -> last energy register reading (Wh)
+        self._energy: dict[tuple[str, TxRef], float] = {}
+        self._suspended: set[tuple[str, TxRef]] = set()
 
     # -- session set-up --------------------------------------------------------------
 
@@ -89,12 +94,19 @@ class Replayer:
                 router.deauthorized.add(prov)
             if tx["cap_wh"] is not None and not tx["cap_applied"] and not tx["stopped"]:
                 self._watch(session, prov, tx["meter_start"], tx["cap_wh"], tx["connector"])
+        for stx in await self.store.station_transactions_of(session.identity):
+            ref = stx["transaction_id"]
+            if stx["deauthorized"]:
+                router.deauthorized.add(ref)
+            if stx["cap_wh"] is not None and not stx["cap_applied"] and not stx["ended"]:
+                self._watch(session, ref, stx["meter_start"] or 0.0, stx["cap_wh"], stx["evse"])
 
     def _watch(
-        self, session: Session, prov: int, meter_start: float, cap: int, connector: int
+        self, session: Session, ref: TxRef, meter_start: float, cap: int, connector: int | None
     ) -> None:
-        self._watched[(session.identity, prov)] = (meter_start, cap, connector)
+        self._watched[(session.identity, ref)] = (meter_start, cap, connector)
         session.router.watched.add("MeterValues")
+        session.router.watched.add("TransactionEvent")
 
     # -- the drain ---------------------------------------------------------------------
 
@@ -199,6 +211,12 @@ class Replayer:
                 await self.store.refused(row.seq, attempts, "unreadable", dead=True)
                 return
             assert isinstance(stored, Call)
+            if (
+                row.offline
+                and self.settings.replay.mark_offline
+                and row.action == "TransactionEvent"
+            ):
+                stored = _marked_offline(stored)
             call = router.dialect.rewrite_up(stored, router.tx_up, router.deauthorized)
             answer = await self._send(session, call)
             if isinstance(answer, CallResult):
@@ -250,27 +268,57 @@ class Replayer:
                 start_status = info["status"]
         elif row.action == "StopTransaction" and row.tx_id is not None:
             extra.append(self.store.close_transaction(identity, row.tx_id))
+        ref: TxRef | None = row.tx_id
+        if row.action == "TransactionEvent":
+            ref = _station_tx(row.frame)
+            info = payload.get("idTokenInfo")
+            if isinstance(info, dict) and isinstance(info.get("status"), str):
+                start_status = info["status"]
         await self.store.delivered(row.seq, *extra)
         session.replayed += 1
-        if start_status is not None and row.tx_id is not None:
-            await self._verdict(session, row.tx_id, start_status)
+        if start_status is not None and ref is not None:
+            await self._verdict(session, ref, start_status)
 
     # -- the invalid-id policy -------------------------------------------------------
 
-    async def _verdict(self, session: Session, prov: int, status: str) -> None:
+    async def _tx_meta(self, identity: str, ref: TxRef) -> dict[str, Any] | None:
+        """running, meter_start and connector (or EVSE) of a transaction."""
+        if isinstance(ref, str):
+            stx = await self.store.station_transaction(identity, ref)
+            if stx is None:
+                return None
+            return {
+                "running": not stx["ended"],
+                "meter_start": stx["meter_start"],
+                "connector": stx["evse"],
+            }
+        for tx in await self.store.transactions_of(identity):
+            if tx["provisional"] == ref:
+                return {
+                    "running": not tx["stopped"],
+                    "meter_start": tx["meter_start"],
+                    "connector": tx["connector"],
+                }
+        return None
+
+    async def _set_policy(self, identity: str, ref: TxRef, **flags: Any) -> None:
+        if isinstance(ref, str):
+            await self.store.set_station_policy(identity, ref, **flags)
+        else:
+            await self.store.set_policy(identity, ref, **flags)
+
+    async def _verdict(self, session: Session, ref: TxRef, status: str) -> None:
         identity = session.identity
-        tx = next(
-            (t for t in await self.store.transactions_of(identity) if t["provisional"] == prov),
-            None,
-        )
+        tx = await self._tx_meta(identity, ref)
         if tx is None:
             return
         stop, cap, _, _ = charger_policy(self.settings, identity)
-        reading = self._energy.get((identity, prov))
-        delivered = reading - tx["meter_start"] if reading is not None else None
+        reading = self._energy.get((identity, ref))
+        start = tx["meter_start"]
+        delivered = reading - (start or 0.0) if reading is not None else None
         decision = on_refused_start(
             status,
-            running=not tx["stopped"],
+            running=tx["running"],
             stop_on_invalid_id=stop,
             max_energy_wh=cap,
             delivered_wh=delivered,
@@ -278,24 +326,24 @@ class Replayer:
         if decision.action is Action.NONE:
             return
         session.log.warning(
-            "invalid_id_policy", transaction_id=prov, status=status, action=decision.action.value
+            "invalid_id_policy", transaction_id=ref, status=status, action=decision.action.value
         )
         self.metrics.policy_actions[decision.action.value] += 1
+        dialect = session.router.dialect
         if decision.action is Action.STOP:
-            session.router.deauthorized.add(prov)
-            await self.store.set_policy(identity, prov, deauthorized=True)
-            session._spawn(
-                self._ask(session, "RemoteStopTransaction", {"transactionId": prov}), "policy"
-            )
+            session.router.deauthorized.add(ref)
+            await self._set_policy(identity, ref, deauthorized=True)
+            action, payload = dialect.stop_call(ref)
+            session._spawn(self._ask(session, action, payload), "policy")
         elif decision.action is Action.SUSPEND:
-            await self._suspend(session, prov, tx["connector"])
+            await self._suspend(session, ref, tx["connector"])
         else:
-            await self.store.set_policy(identity, prov, cap_wh=cap)
-            self._watch(session, prov, tx["meter_start"], cap, tx["connector"])
+            await self._set_policy(identity, ref, cap_wh=cap)
+            self._watch(session, ref, start or 0.0, cap, tx["connector"])
             if delivered is None:
                 # Without energy readings the limit cannot be checked: the transaction
                 # charges on until the charger reports Energy.Active.Import.Register.
-                session.log.warning("energy_cap_without_meter_values", transaction_id=prov)
+                session.log.warning("energy_cap_without_meter_values", transaction_id=ref)
 
     async def _ask(self, session: Session, action: str, payload: dict[str, Any]) -> None:
         with contextlib.suppress(TimeoutError, UplinkGone):
@@ -308,43 +356,54 @@ class Replayer:
                 else None,
             )
 
-    async def _suspend(self, session: Session, prov: int, connector: int) -> None:
-        key = (session.identity, prov)
+    async def _suspend(self, session: Session, ref: TxRef, connector: int | None) -> None:
+        key = (session.identity, ref)
         if key in self._suspended:
             return
         self._suspended.add(key)
         self._watched.pop(key, None)
-        await self.store.set_policy(session.identity, prov, cap_applied=True)
-        profile = {
-            "connectorId": connector,
-            "csChargingProfiles": {
-                "chargingProfileId": prov % 1_000_000_000 + 1,
-                "transactionId": prov,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Relative",
-                "chargingSchedule": {
-                    "chargingRateUnit": "W",
-                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 0}],
-                },
-            },
-        }
-        session._spawn(self._ask(session, "SetChargingProfile", profile), "policy")
+        await self._set_policy(session.identity, ref, cap_applied=True)
+        action, payload = session.router.dialect.suspend_call(ref, connector)
+        session._spawn(self._ask(session, action, payload), "policy")
 
     async def meter(self, session: Session, payload: dict[str, Any]) -> None:
-        """A MeterValues from the charger (live or stored): watch capped transactions."""
+        """Energy readings from the charger (live or stored): watch capped transactions."""
+        ref: TxRef
         tx_id = payload.get("transactionId")
-        if type(tx_id) is not int:
-            return
-        prov = session.router.tx_down.get(tx_id, tx_id)
-        reading = energy_wh(payload)
+        if type(tx_id) is int:
+            ref = session.router.tx_down.get(tx_id, tx_id)
+            reading = energy_wh(payload)
+        else:
+            info = payload.get("transactionInfo")
+            station_id = info.get("transactionId") if isinstance(info, dict) else None
+            if not isinstance(station_id, str):
+                return
+            ref = station_id
+            reading = energy_wh_201(payload)
         if reading is None:
             return
-        key = (session.identity, prov)
+        key = (session.identity, ref)
         self._energy[key] = reading
         watched = self._watched.get(key)
         if watched is not None:
             meter_start, cap, connector = watched
             if limit_reached(reading - meter_start, cap):
-                session.log.warning("energy_limit_reached", transaction_id=prov, limit_wh=cap)
-                await self._suspend(session, prov, connector)
+                session.log.warning("energy_limit_reached", transaction_id=ref, limit_wh=cap)
+                await self._suspend(session, ref, connector)
+
+
+def _marked_offline(call: Call) -> Call:
+    """A TransactionEvent that happened while the uplink was down, flagged ``offline``."""
+    if not isinstance(call.payload, dict) or call.payload.get("offline") is True:
+        return call
+    payload = dict(call.payload, offline=True)
+    return Call(call.id, call.action, payload, frames.call(call.id, call.action, payload))
+
+
+def _station_tx(frame: str) -> str | None:
+    """The station's transactionId in a stored TransactionEvent."""
+    call = frames.parse(frame)
+    payload = call.payload if isinstance(call, Call) and isinstance(call.payload, dict) else {}
+    info = payload.get("transactionInfo")
+    tx_id = info.get("transactionId") if isinstance(info, dict) else None
+    return tx_id if isinstance(tx_id, str) else None

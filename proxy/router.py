@@ -134,7 +134,7 @@ class Router:
         #: dead-lettered), CSMS id -> provisional, and transactions stopped DeAuthorized.
         self.tx_up: dict[int, int] = {}
         self.tx_down: dict[int, int] = {}
-        self.deauthorized: set[int] = set()
+        self.deauthorized: set[int | str] = set()
         # CSMS or controller -> charger
         self._down: _Pending | None = None
         self._down_queue: deque[tuple[Call, Origin]] = deque()
@@ -217,7 +217,9 @@ class Router:
         if origin is Origin.CHARGER:
             if not self._goes_up(call):
                 return [Answer(call)]
-            if self.tx_up and call.action in self.dialect.transaction_actions:
+            if (
+                self.tx_up or self.deauthorized
+            ) and call.action in self.dialect.transaction_actions:
                 call = self.dialect.rewrite_up(call, self.tx_up, self.deauthorized)
         self._up = _Pending(call, origin, now)
         return [ToCsms(call.raw, call.action if origin is Origin.CHARGER else None)]

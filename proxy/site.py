@@ -67,8 +67,8 @@ class Site:
         self.policy = policy
         self.metrics = metrics if metrics is not None else Metrics()
         #: id key -> the (identity, transactionId) pairs charging with it
-        self._active: dict[str, set[tuple[str, int]]] = {}
-        self._tx_key: dict[tuple[str, int], str] = {}
+        self._active: dict[str, set[tuple[str, int | str]]] = {}
+        self._tx_key: dict[tuple[str, int | str], str] = {}
         #: Called with every MeterValues that passes through (the energy-cap policy).
         self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
 
@@ -78,11 +78,11 @@ class Site:
 
     # -- running transactions -------------------------------------------------------
 
-    def started(self, identity: str, tx_id: int, key: str) -> None:
+    def started(self, identity: str, tx_id: int | str, key: str) -> None:
         self._active.setdefault(key, set()).add((identity, tx_id))
         self._tx_key[(identity, tx_id)] = key
 
-    def stopped(self, identity: str, tx_id: int) -> None:
+    def stopped(self, identity: str, tx_id: int | str) -> None:
         key = self._tx_key.pop((identity, tx_id), None)
         if key is None:
             return
@@ -98,9 +98,15 @@ class Site:
     # -- decisions -----------------------------------------------------------------
 
     async def decide(
-        self, identity: str, key: str, *, for_start: bool, valid: bool = True
+        self,
+        identity: str,
+        key: str,
+        *,
+        for_start: bool,
+        valid: bool = True,
+        site_key: str | None = None,
     ) -> AuthDecision:
-        charger, site, cache = await self.store.auth_entries(identity, key)
+        charger, site, cache = await self.store.auth_entries(identity, key, site_key)
         decision = authorize(
             key,
             now=datetime.now(UTC),
@@ -150,7 +156,11 @@ class Site:
                 return
             key = self._request_key(request)
             info = result.get("idTagInfo") or result.get("idTokenInfo")
-            if action == "StartTransaction" and isinstance(result.get("transactionId"), int):
+            if action == "TransactionEvent":
+                self._learn_event(identity, request, info, key)
+                if self.on_meter is not None:
+                    await self.on_meter(session, request)
+            elif action == "StartTransaction" and isinstance(result.get("transactionId"), int):
                 if key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
                     self.started(identity, result["transactionId"], key)
             elif action == "StopTransaction" and isinstance(request.get("transactionId"), int):
@@ -164,10 +174,23 @@ class Site:
                 await self._learn(identity, key, info)
         elif action == "SendLocalList" and result.get("status") == "Accepted":
             await self._learn_list(identity, request)
-        elif action == "GetLocalListVersion" and isinstance(result.get("listVersion"), int):
-            version = result["listVersion"]
+        elif action == "GetLocalListVersion":
+            version = result.get("listVersion", result.get("versionNumber"))
             if version == 0:
                 await self.store.save_charger_list(identity, 0, {})
+
+    def _learn_event(
+        self, identity: str, request: dict[str, Any], info: Any, key: str | None
+    ) -> None:
+        """Which ids are charging, from OCPP 2.0.1 TransactionEvents passing through."""
+        tx = request.get("transactionInfo")
+        tx_id = tx.get("transactionId") if isinstance(tx, dict) else None
+        if not isinstance(tx_id, str):
+            return
+        if request.get("eventType") == "Ended":
+            self.stopped(identity, tx_id)
+        elif key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
+            self.started(identity, tx_id, key)
 
     @staticmethod
     def _request_key(request: dict[str, Any]) -> str | None:

@@ -45,6 +45,7 @@ MIGRATIONS: tuple[str, ...] = (
         attempts INTEGER NOT NULL DEFAULT 0,
         state TEXT NOT NULL DEFAULT 'pending',
         last_error TEXT,
+        offline INTEGER NOT NULL DEFAULT 1,
         UNIQUE(identity, dedupe_key)
     );
     CREATE INDEX outbox_by_charger ON outbox(identity, state, seq);
@@ -91,6 +92,21 @@ MIGRATIONS: tuple[str, ...] = (
         status TEXT, updated REAL NOT NULL, replay INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY(identity, connector)
     );
+    CREATE TABLE station_transactions(
+        identity TEXT NOT NULL,
+        transaction_id TEXT NOT NULL,
+        id_key TEXT,
+        evse INTEGER,
+        connector INTEGER,
+        meter_start REAL,
+        status TEXT,
+        ended INTEGER NOT NULL DEFAULT 0,
+        deauthorized INTEGER NOT NULL DEFAULT 0,
+        cap_wh INTEGER,
+        cap_applied INTEGER NOT NULL DEFAULT 0,
+        updated REAL NOT NULL,
+        PRIMARY KEY(identity, transaction_id)
+    );
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX charger_lists_by_key ON charger_lists(key);
     """,
@@ -111,6 +127,8 @@ class OutboxItem:
     frame: str
     tx_id: int | None = None
     dedupe_key: str | None = None
+    #: Whether the message was sent while the uplink was down (not while draining).
+    offline: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +143,7 @@ class OutboxRow:
     attempts: int
     state: str
     last_error: str | None
+    offline: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +170,11 @@ class _Change:
 
 
 _OUTBOX_INSERT = (
-    "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity, dedupe_key) DO NOTHING"
+    "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
+    " offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity, dedupe_key) DO NOTHING"
 )
 _OUTBOX_COLUMNS = (
-    "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error"
+    "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error, offline"
 )
 
 
@@ -334,6 +353,7 @@ class Store:
             item.tx_id,
             item.dedupe_key,
             time.time(),
+            int(item.offline),
         )
 
     async def start_transaction(self, tx: NewTransaction, item: OutboxItem) -> tuple[int, str]:
@@ -648,14 +668,18 @@ class Store:
         await self._write(statements)
 
     async def auth_entries(
-        self, identity: str, key: str
+        self, identity: str, key: str, site_key: str | None = None
     ) -> tuple[AuthEntry | None, AuthEntry | None, AuthEntry | None]:
-        """The charger's list entry, the site list entry and the cache entry for ``key``."""
+        """The charger's list entry, the site list entry and the cache entry for ``key``.
+
+        The site list is keyed by the bare id (its CSV has no token type): ``site_key``
+        when the charger's key carries a type (OCPP 2.0.1).
+        """
         async with self._read().execute(
             "SELECT 0, status, expiry, parent FROM charger_lists WHERE identity = ? AND key = ?"
             " UNION ALL SELECT 1, status, expiry, parent FROM site_list WHERE key = ?"
             " UNION ALL SELECT 2, status, expiry, parent FROM auth_cache WHERE key = ?",
-            (identity, key, key, key),
+            (identity, key, site_key or key, key),
         ) as cur:
             rows = await cur.fetchall()
         found: list[AuthEntry | None] = [None, None, None]
@@ -703,6 +727,103 @@ class Store:
 
     async def cache_clear(self) -> None:
         await self._write([("DELETE FROM auth_cache", ())])
+
+    # -- OCPP 2.0.1 transactions (ids assigned by the station) -------------------------
+
+    @staticmethod
+    def station_event(
+        identity: str,
+        transaction_id: str,
+        *,
+        id_key: str | None,
+        evse: int | None,
+        connector: int | None,
+        meter_start: float | None,
+        status: str | None,
+        ended: bool,
+    ) -> Statement:
+        """Record what an offline TransactionEvent tells about its transaction."""
+        return (
+            "INSERT INTO station_transactions(identity, transaction_id, id_key, evse,"
+            " connector, meter_start, status, ended, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(identity, transaction_id) DO UPDATE SET"
+            " id_key = COALESCE(station_transactions.id_key, excluded.id_key),"
+            " evse = COALESCE(station_transactions.evse, excluded.evse),"
+            " connector = COALESCE(station_transactions.connector, excluded.connector),"
+            " meter_start = COALESCE(station_transactions.meter_start, excluded.meter_start),"
+            " status = COALESCE(excluded.status, station_transactions.status),"
+            " ended = MAX(station_transactions.ended, excluded.ended),"
+            " updated = excluded.updated",
+            (
+                identity,
+                transaction_id,
+                id_key,
+                evse,
+                connector,
+                meter_start,
+                status,
+                int(ended),
+                time.time(),
+            ),
+        )
+
+    async def station_transaction(
+        self, identity: str, transaction_id: str
+    ) -> dict[str, Any] | None:
+        async with self._read().execute(
+            "SELECT transaction_id, id_key, evse, connector, meter_start, status, ended,"
+            " deauthorized, cap_wh, cap_applied FROM station_transactions"
+            " WHERE identity = ? AND transaction_id = ?",
+            (identity, transaction_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        keys = (
+            "transaction_id",
+            "id_key",
+            "evse",
+            "connector",
+            "meter_start",
+            "status",
+            "ended",
+            "deauthorized",
+            "cap_wh",
+            "cap_applied",
+        )
+        return dict(zip(keys, row, strict=True))
+
+    async def station_transactions_of(self, identity: str) -> list[dict[str, Any]]:
+        async with self._read().execute(
+            "SELECT transaction_id FROM station_transactions WHERE identity = ?", (identity,)
+        ) as cur:
+            ids = [str(r[0]) for r in await cur.fetchall()]
+        out = []
+        for tx in ids:
+            row = await self.station_transaction(identity, tx)
+            if row is not None:
+                out.append(row)
+        return out
+
+    async def set_station_policy(
+        self,
+        identity: str,
+        transaction_id: str,
+        *,
+        deauthorized: bool = False,
+        cap_wh: int | None = None,
+        cap_applied: bool = False,
+    ) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE station_transactions SET deauthorized = MAX(deauthorized, ?),"
+                    " cap_wh = COALESCE(?, cap_wh), cap_applied = MAX(cap_applied, ?)"
+                    " WHERE identity = ? AND transaction_id = ?",
+                    (int(deauthorized), cap_wh, int(cap_applied), identity, transaction_id),
+                )
+            ]
+        )
 
     # -- charger registry ------------------------------------------------------------
 

@@ -7,19 +7,45 @@ spelled on the wire (or whether OCPP 1.6 wants the message ignored).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from proxy.frames import Call, ErrorKind
 
 #: Rewrites a charger call's transaction id upstream: (call, provisional -> CSMS id,
 #: transactions to report DeAuthorized) -> the call to send.
-RewriteUp = Callable[[Call, Mapping[int, int], Set[int]], Call]
+RewriteUp = Callable[[Call, Mapping[int, int], Set[Any]], Call]
 #: Rewrites a CSMS call's transaction id for the charger: (call, CSMS id -> provisional).
 RewriteDown = Callable[[Call, Mapping[int, int]], Call]
 
 
-def no_rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[int]) -> Call:
+#: The call that asks a charger to stop a transaction: (transaction id) -> (action, payload).
+StopCall = Callable[[Any], tuple[str, dict[str, Any]]]
+#: The call that sets a 0 limit on a transaction: (transaction id, connector or EVSE).
+SuspendCall = Callable[[Any, int | None], tuple[str, dict[str, Any]]]
+
+
+def no_policy_call(*args: Any) -> tuple[str, dict[str, Any]]:
+    raise NotImplementedError("this OCPP version has no such call")
+
+
+#: The key that recognises a charger's retry of a stored message: (action, payload).
+DedupeKey = Callable[[str, Mapping[str, Any]], str]
+
+
+def payload_digest(action: str, parts: Any) -> str:
+    """A short stable digest of ``parts`` under ``action``."""
+    digest = hashlib.blake2b(
+        orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12
+    ).hexdigest()
+    return f"{action}:{digest}"
+
+
+def no_rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
     return call
 
 
@@ -45,8 +71,11 @@ class Dialect:
     #: CALLERROR code for each kind of error; ``None``: ignore the message, send nothing.
     error_codes: Mapping[ErrorKind, str | None]
 
+    dedupe_key: DedupeKey = payload_digest
     rewrite_up: RewriteUp = no_rewrite_up
     rewrite_down: RewriteDown = no_rewrite_down
+    stop_call: StopCall = no_policy_call
+    suspend_call: SuspendCall = no_policy_call
 
     def error_code(self, kind: ErrorKind) -> str | None:
         return self.error_codes[kind]

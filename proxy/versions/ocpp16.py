@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Set
 from typing import Any
 
-import orjson
 from ocpp.v16.enums import Action
 
 from proxy import frames
 from proxy.frames import Call, ErrorKind
-from proxy.versions import Dialect
+from proxy.versions import Dialect, payload_digest
 
 
-def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[int]) -> Call:
+def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
     """MeterValues and StopTransaction of a transaction started offline go up with the
     CSMS's id (or -1 when its start was dead-lettered); a stop the controller asked for
     because the id was refused goes up with reason DeAuthorized."""
@@ -56,6 +54,76 @@ def rewrite_down(call: Call, ids: Mapping[int, int]) -> Call:
                     call.id, call.action, rewritten, frames.call(call.id, call.action, rewritten)
                 )
     return call
+
+
+def dedupe_key(action: str, payload: Mapping[str, Any]) -> str:
+    """The key that makes a charger's retry of a stored message recognisable (R39).
+
+    StartTransaction: connector, idTag, meterStart, timestamp. StopTransaction:
+    transactionId, meterStop, timestamp. Anything else: a digest of the whole payload.
+    """
+    if action == "StartTransaction":
+        parts: tuple[Any, ...] = (
+            payload.get("connectorId"),
+            str(payload.get("idTag", "")).upper(),
+            payload.get("meterStart"),
+            payload.get("timestamp"),
+        )
+    elif action == "StopTransaction":
+        parts = (payload.get("transactionId"), payload.get("meterStop"), payload.get("timestamp"))
+    else:
+        parts = (payload,)
+    return payload_digest(action, parts)
+
+
+def stop_call(tx_id: Any) -> tuple[str, dict[str, Any]]:
+    return "RemoteStopTransaction", {"transactionId": tx_id}
+
+
+def suspend_call(tx_id: Any, connector: int | None) -> tuple[str, dict[str, Any]]:
+    """A TxProfile limiting the transaction to 0 W: the charger goes SuspendedEVSE."""
+    return "SetChargingProfile", {
+        "connectorId": connector or 0,
+        "csChargingProfiles": {
+            "chargingProfileId": int(tx_id) % 1_000_000_000 + 1,
+            "transactionId": tx_id,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": {
+                "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 0}],
+            },
+        },
+    }
+
+
+def energy_wh(payload: dict[str, Any]) -> float | None:
+    """The last Energy.Active.Import.Register reading of a MeterValues, in Wh."""
+    reading: float | None = None
+    values = payload.get("meterValue")
+    if not isinstance(values, list):
+        return None
+    for mv in values:
+        samples = mv.get("sampledValue") if isinstance(mv, dict) else None
+        if not isinstance(samples, list):
+            continue
+        for sv in samples:
+            if not isinstance(sv, dict):
+                continue
+            if (
+                sv.get("measurand", "Energy.Active.Import.Register")
+                != "Energy.Active.Import.Register"
+            ):
+                continue
+            if sv.get("phase") is not None:
+                continue
+            try:
+                value = float(sv.get("value", ""))
+            except (TypeError, ValueError):
+                continue
+            reading = value * 1000.0 if sv.get("unit") == "kWh" else value
+    return reading
 
 
 DIALECT = Dialect(
@@ -107,6 +175,9 @@ DIALECT = Dialect(
     ),
     rewrite_up=rewrite_up,
     rewrite_down=rewrite_down,
+    dedupe_key=dedupe_key,
+    stop_call=stop_call,
+    suspend_call=suspend_call,
     error_codes={
         ErrorKind.MALFORMED: "FormationViolation",
         ErrorKind.BAD_ENVELOPE: "ProtocolError",
@@ -123,54 +194,3 @@ DIALECT = Dialect(
         ErrorKind.PROPERTY: "PropertyConstraintViolation",
     },
 )
-
-
-def dedupe_key(action: str, payload: dict[str, Any]) -> str:
-    """The key that makes a charger's retry of a stored message recognisable (R39).
-
-    StartTransaction: connector, idTag, meterStart, timestamp. StopTransaction:
-    transactionId, meterStop, timestamp. Anything else: a digest of the whole payload.
-    """
-    if action == "StartTransaction":
-        parts: tuple[Any, ...] = (
-            payload.get("connectorId"),
-            str(payload.get("idTag", "")).upper(),
-            payload.get("meterStart"),
-            payload.get("timestamp"),
-        )
-    elif action == "StopTransaction":
-        parts = (payload.get("transactionId"), payload.get("meterStop"), payload.get("timestamp"))
-    else:
-        parts = (payload,)
-    digest = hashlib.blake2b(
-        orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12
-    ).hexdigest()
-    return f"{action}:{digest}"
-
-
-def energy_wh(payload: dict[str, Any]) -> float | None:
-    """The last Energy.Active.Import.Register reading of a MeterValues, in Wh."""
-    reading: float | None = None
-    values = payload.get("meterValue")
-    if not isinstance(values, list):
-        return None
-    for mv in values:
-        samples = mv.get("sampledValue") if isinstance(mv, dict) else None
-        if not isinstance(samples, list):
-            continue
-        for sv in samples:
-            if not isinstance(sv, dict):
-                continue
-            if (
-                sv.get("measurand", "Energy.Active.Import.Register")
-                != "Energy.Active.Import.Register"
-            ):
-                continue
-            if sv.get("phase") is not None:
-                continue
-            try:
-                value = float(sv.get("value", ""))
-            except (TypeError, ValueError):
-                continue
-            reading = value * 1000.0 if sv.get("unit") == "kWh" else value
-    return reading
