@@ -37,11 +37,20 @@ MAX_IDENTITY_LENGTH = 48
 
 
 def identity_from_path(path: str) -> str | None:
-    """The charger identity in a request path, or None if it is not acceptable."""
-    raw = urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1]
+    """The charger identity in a request path, or None if it is not acceptable.
+
+    The identity is the last segment of the path, percent-decoded; a path ending in
+    ``/`` has no identity.
+    """
+    if not all(33 <= ord(c) < 127 for c in path):
+        return None
+    raw = urlsplit(path).path.rsplit("/", 1)[-1]
     if not raw:
         return None
-    identity = unquote(raw, errors="strict") if "%" in raw else raw
+    try:
+        identity = unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError:
+        return None
     if not 0 < len(identity) <= MAX_IDENTITY_LENGTH:
         return None
     if ":" in identity or "/" in identity or identity in (".", ".."):

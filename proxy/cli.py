@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sqlite3
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from config.settings import Settings, SettingsError, load_settings
 from policies.local_list import ListFormatError, format_csv, parse_csv
-from proxy.store import Store
+from proxy.store import Store, StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -63,6 +67,24 @@ def _parser() -> argparse.ArgumentParser:
         which.add_argument("seq", nargs="?", type=int, help="the dead letter's seq")
         which.add_argument("--all", action="store_true", help="every dead letter")
         cmd.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    ch = sub.add_parser(
+        "chargers",
+        help="list the chargers: OCPP version, uplink state, outbox depth",
+        description="List the chargers of the running controller, from its admin API at "
+        "http://ADMIN.HOST:ADMIN.PORT/api/chargers (with admin.token when set). When the API "
+        "cannot be reached, the list comes from the store instead: registered chargers and "
+        "their outbox depths, without live state (uplink_state null, shown as '?').",
+        epilog="Exit codes: 0 ok, also when the list came from the store; 1 the admin API "
+        "refused or failed the request, or neither the API nor the store could be read; "
+        "2 usage error or invalid settings.",
+    )
+    ch.add_argument("--config", metavar="FILE", help="settings file (TOML)")
+    ch.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of objects (identity, ocpp_version, uplink_state, connected, "
+        "connected_since, outbox_depth, dead_letters) instead of a table",
+    )
     return p
 
 
@@ -135,6 +157,133 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_store(settings, work))
 
 
+class _ApiUnreachable(Exception):
+    """Nothing answered at the admin API's address."""
+
+
+class _ApiFailed(Exception):
+    """The admin API answered, but not with what was asked for."""
+
+
+def admin_url(settings: Settings, path: str) -> str:
+    """The URL of ``path`` on the admin server (a wildcard bind is reached on loopback)."""
+    host = settings.admin.host
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind, reached on loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.admin.port}{path}"
+
+
+def _api_get(settings: Settings, path: str, timeout: float = 5.0) -> object:
+    url = admin_url(settings, path)  # always http://, built from the settings
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    if settings.admin.token is not None:
+        request.add_header("Authorization", f"Bearer {settings.admin.token.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            detail = exc.read(500).decode("utf-8", "replace")
+        raise _ApiFailed(f"admin API at {url} answered HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise _ApiUnreachable(f"admin API at {url} not reachable ({reason})") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _ApiFailed(f"admin API at {url} answered with something other than JSON") from None
+
+
+async def _stored_chargers(store: Store) -> list[dict[str, object]]:
+    counts = await store.outbox_counts()
+    versions = await store.charger_versions()
+    out: list[dict[str, object]] = []
+    for identity in sorted(versions.keys() | counts.keys()):
+        version = versions.get(identity)
+        pending, dead = counts.get(identity, (0, 0))
+        out.append(
+            {
+                "identity": identity,
+                "ocpp_version": version.removeprefix("ocpp") if version else None,
+                "uplink_state": None,
+                "connected": None,
+                "connected_since": None,
+                "outbox_depth": pending,
+                "dead_letters": dead,
+            }
+        )
+    return out
+
+
+def _print_chargers(chargers: list[dict[str, object]]) -> None:
+    header = ("IDENTITY", "OCPP", "UPLINK", "OUTBOX", "DEAD", "CONNECTED SINCE")
+    rows = [header]
+    for c in chargers:
+        connected = c.get("connected")
+        if connected is None:
+            state = "?"
+        elif connected:
+            state = str(c.get("uplink_state"))
+        else:
+            state = "not connected"
+        rows.append(
+            (
+                str(c.get("identity")),
+                str(c.get("ocpp_version") or "?"),
+                state,
+                str(c.get("outbox_depth", "")),
+                str(c.get("dead_letters", "")),
+                str(c.get("connected_since") or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = {3, 4}
+    for row in rows:
+        cells = [
+            value.rjust(widths[i]) if i in numeric else value.ljust(widths[i])
+            for i, value in enumerate(row)
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _chargers(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        listed = _api_get(settings, "/api/chargers")
+    except _ApiFailed as exc:
+        print(f"ocpp-lc: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except _ApiUnreachable as exc:
+        path = settings.store.path
+        if not path.is_file():
+            print(f"ocpp-lc: {exc}, and there is no store at {path}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"ocpp-lc: {exc}; listing what the store at {path} holds", file=sys.stderr)
+        found: list[list[dict[str, object]]] = []
+
+        async def read(store: Store) -> int:
+            found.append(await _stored_chargers(store))
+            return EXIT_OK
+
+        try:
+            asyncio.run(_with_store(settings, read))
+        except (StoreError, sqlite3.Error, OSError) as error:
+            print(f"ocpp-lc: cannot read the store at {path}: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        listed = found[0]
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        print("ocpp-lc: the admin API answered with something other than a list", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(listed, indent=2))
+    else:
+        _print_chargers(listed)
+    return EXIT_OK
+
+
 def _run_loop(settings: Settings) -> None:
     from proxy.app import serve
 
@@ -159,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path is None:
                 print("ocpp-lc check-config: a settings FILE is required", file=sys.stderr)
                 return EXIT_USAGE
-            load_settings(path)
+            from proxy.admin import check_exposure
+
+            check_exposure(load_settings(path).admin)
             print(f"{path}: ok")
             return EXIT_OK
         settings = load_settings(args.config)
@@ -170,11 +321,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _local_list(args, settings)
     if args.command == "outbox":
         return _outbox(args, settings)
+    if args.command == "chargers":
+        return _chargers(args, settings)
     from config.logging import setup_logging
 
     setup_logging(settings.log)
     try:
         _run_loop(settings)
+    except SettingsError as exc:
+        print(f"ocpp-lc: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"ocpp-lc: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

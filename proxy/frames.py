@@ -15,6 +15,7 @@ right CALLERROR code, or into silence where OCPP 1.6 says to ignore a message.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -84,13 +85,27 @@ class CallError:
 Frame = Call | CallResult | CallError
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_BIG_INT = re.compile(r"\d{19}")
+
+
 def _loads(text: str | bytes) -> Any:
+    if _BIG_INT.search(text):  # type: ignore[arg-type]
+        # orjson turns integers beyond 64 bits into floats; the standard parser keeps them.
+        try:
+            return json.loads(text, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            raise FrameError(ErrorKind.MALFORMED, "frame is not valid JSON") from None
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        # orjson refuses a few documents that are valid JSON (integers beyond 64 bits).
+        # orjson refuses a few documents that are valid JSON (integers beyond 64 bits);
+        # the standard parser takes those, but not NaN or Infinity, which are not JSON.
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_no_constants)
         except (ValueError, RecursionError):
             raise FrameError(ErrorKind.MALFORMED, "frame is not valid JSON") from None
 
@@ -132,7 +147,11 @@ def parse(text: str | bytes) -> Frame:
 
 
 def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:
+        # A lone surrogate escaped in a received id: the standard encoder escapes it back.
+        return json.dumps(obj, separators=(",", ":"))
 
 
 def call(message_id: str, action: str, payload: Any) -> str:

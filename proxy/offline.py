@@ -139,9 +139,17 @@ class OfflineResponder:
 # -- OCPP 1.6 -------------------------------------------------------------------------
 
 
-async def _boot16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+async def _offline_boot_status(r: OfflineResponder, s: Session) -> str:
+    """Accepted for a charger the CSMS has accepted before; for any other, what
+    ``[offline] unknown_charger`` says (a boot answered offline does not count)."""
     known = await r.store.charger(s.identity)
-    status = "Accepted" if known is not None else _BOOT_STATUS[r.settings.offline.unknown_charger]
+    if known is not None and known["accepted"]:
+        return "Accepted"
+    return _BOOT_STATUS[r.settings.offline.unknown_charger]
+
+
+async def _boot16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    status = await _offline_boot_status(r, s)
     await r.store.record_boot(s.identity, s.subprotocol, call.raw, replay=True, accepted=None)
     s.boot_status = status
     return frames.result(
@@ -292,8 +300,7 @@ async def _decide_token(
 
 
 async def _boot201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
-    known = await r.store.charger(s.identity)
-    status = "Accepted" if known is not None else _BOOT_STATUS[r.settings.offline.unknown_charger]
+    status = await _offline_boot_status(r, s)
     await r.store.record_boot(s.identity, s.subprotocol, call.raw, replay=True, accepted=None)
     s.boot_status = status
     return frames.result(

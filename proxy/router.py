@@ -105,9 +105,10 @@ Effect = ToCsms | ToCharger | Answer | OwnResult | ReplayResult | Exchange | Not
 
 @dataclass(slots=True)
 class _Pending:
-    call: Call
+    call: Call  # as sent (transaction id rewritten)
     origin: Origin
     since: float
+    received: Call | None = None  # as the charger sent it, for recognising its retries
 
 
 class Router:
@@ -143,11 +144,14 @@ class Router:
         self._last_answer: str | None = None
         #: The id of the last call the controller sent to the charger.
         self.last_own_call_id = ""
+        #: The latest ``now`` seen, for events that come without one.
+        self._now = 0.0
 
     # -- charger side -------------------------------------------------------------
 
     def charger_frame(self, text: str | bytes, now: float) -> list[Effect]:
         """A message arrived from the charger."""
+        self._now = now
         try:
             frame = frames.parse(text)
         except FrameError as exc:
@@ -156,7 +160,7 @@ class Router:
             if frame.action not in self.dialect.actions:
                 return self._refuse(
                     FrameError(
-                        ErrorKind.NOT_IMPLEMENTED, f"unknown action {frame.action}", frame.id
+                        ErrorKind.NOT_IMPLEMENTED, f"unknown action {frame.action[:40]}", frame.id
                     ),
                     "charger_unknown_action",
                     to_charger=True,
@@ -166,6 +170,7 @@ class Router:
         return self._charger_answer(frame, now)
 
     def _charger_call(self, call: Call, now: float) -> list[Effect]:
+        effects = self._expire_up(now)
         last = self._last_call
         if (
             last is not None
@@ -173,38 +178,41 @@ class Router:
             and last.raw == call.raw
             and self._last_answer is not None
         ):
-            return [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
+            effects += [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
+            return effects
         up = self._up
-        if up is not None:
-            if up.call.id == call.id or any(q.id == call.id for q, _ in self._up_queue):
-                if up.call.raw == call.raw or any(q.raw == call.raw for q, _ in self._up_queue):
-                    return [Note("charger_retry_pending", {"message_id": call.id})]
-                return self._refuse(
-                    FrameError(
-                        ErrorKind.DUPLICATE_ID,
-                        "a call with this id is being handled already",
-                        call.id,
-                    ),
-                    "charger_duplicate_id",
-                    to_charger=True,
-                )
-            if now - up.since <= self._call_timeout:
-                if len(self._up_queue) >= self._max_queued:
-                    return self._refuse(
-                        FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
-                        "charger_calls_overflow",
-                        to_charger=True,
-                    )
-                if self._goes_up(call):
-                    self._up_queue.append((call, Origin.CHARGER))
-                    return [Note("charger_call_queued", {"action": call.action})]
-                return [Answer(call)]
-            self._up = None
-            return [
-                Note("csms_answer_timed_out", {"action": up.call.action}),
-                *self._send_up(call, Origin.CHARGER, now),
-            ]
-        return self._send_up(call, Origin.CHARGER, now)
+        if up is None:
+            return effects + self._send_up(call, Origin.CHARGER, now)
+        waiting = [up.received or up.call, *(q for q, _ in self._up_queue)]
+        same_id = [w for w in waiting if w.id == call.id]
+        if same_id:
+            if any(w.raw == call.raw for w in same_id):
+                return [*effects, Note("charger_retry_pending", {"message_id": call.id})]
+            return effects + self._refuse(
+                FrameError(
+                    ErrorKind.DUPLICATE_ID, "a call with this id is being handled already", call.id
+                ),
+                "charger_duplicate_id",
+                to_charger=True,
+            )
+        if not self._goes_up(call):
+            return [*effects, Answer(call)]
+        if len(self._up_queue) >= self._max_queued:
+            return effects + self._refuse(
+                FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
+                "charger_calls_overflow",
+                to_charger=True,
+            )
+        self._up_queue.append((call, Origin.CHARGER))
+        return [*effects, Note("charger_call_queued", {"action": call.action})]
+
+    def _expire_up(self, now: float) -> list[Effect]:
+        """Give up a call the CSMS did not answer in time; send the next one waiting."""
+        up = self._up
+        if up is None or now - up.since <= self._call_timeout:
+            return []
+        self._up = None
+        return [Note("csms_answer_timed_out", {"action": up.call.action}), *self._next_up(now)]
 
     def _goes_up(self, call: Call) -> bool:
         """Whether a charger call is forwarded now (else it is answered locally)."""
@@ -214,6 +222,7 @@ class Router:
         return state is State.DRAINING and call.action not in self.dialect.stored_actions
 
     def _send_up(self, call: Call, origin: Origin, now: float) -> list[Effect]:
+        received = call
         if origin is Origin.CHARGER:
             if not self._goes_up(call):
                 return [Answer(call)]
@@ -221,16 +230,16 @@ class Router:
                 self.tx_up or self.deauthorized
             ) and call.action in self.dialect.transaction_actions:
                 call = self.dialect.rewrite_up(call, self.tx_up, self.deauthorized)
-        self._up = _Pending(call, origin, now)
+        self._up = _Pending(call, origin, now, received)
         return [ToCsms(call.raw, call.action if origin is Origin.CHARGER else None)]
 
     def replay_call(self, call: Call, now: float) -> list[Effect]:
         """Send a call of the controller's own upstream, in the one slot (queued if busy)."""
-        if self._up is not None and now - self._up.since <= self._call_timeout:
+        effects = self._expire_up(now)
+        if self._up is not None:
             self._up_queue.append((call, Origin.CONTROLLER))
-            return []
-        self._up = None
-        return self._send_up(call, Origin.CONTROLLER, now)
+            return effects
+        return effects + self._send_up(call, Origin.CONTROLLER, now)
 
     def abandon_upstream(self, message_id: str, now: float) -> list[Effect]:
         """Give up waiting for the CSMS to answer a controller call; free the slot."""
@@ -241,10 +250,12 @@ class Router:
         return []
 
     def _next_up(self, now: float) -> list[Effect]:
-        if self._up_queue and self.state is not State.OFFLINE:
+        """Send the calls waiting for the upstream slot until one is in flight."""
+        effects: list[Effect] = []
+        while self._up is None and self._up_queue and self.state is not State.OFFLINE:
             call, origin = self._up_queue.popleft()
-            return self._send_up(call, origin, now)
-        return []
+            effects.extend(self._send_up(call, origin, now))
+        return effects
 
     def _charger_answer(self, answer: CallResult | CallError, now: float) -> list[Effect]:
         down = self._down
@@ -260,16 +271,14 @@ class Router:
             effects = [ToCsms(answer.raw, down.call.action)]
             if down.call.action in self.watched:
                 effects.append(Exchange(Origin.CSMS, down.call, answer))
-        if self._down_queue:
-            call, origin = self._down_queue.popleft()
-            self._down = _Pending(call, origin, now)
-            effects.append(ToCharger(call.raw, call.action if origin is Origin.CSMS else None))
+        effects.extend(self._next_down(now))
         return effects
 
     # -- CSMS side ----------------------------------------------------------------
 
     def csms_frame(self, text: str | bytes, now: float) -> list[Effect]:
         """A message arrived on the uplink."""
+        self._now = now
         try:
             frame = frames.parse(text)
         except FrameError as exc:
@@ -287,7 +296,7 @@ class Router:
         if up.origin is Origin.CONTROLLER:
             effects = [ReplayResult(up.call, frame)]
         else:
-            self._last_call = up.call
+            self._last_call = up.received or up.call
             self._last_answer = frame.raw
             effects = [ToCharger(frame.raw, up.call.action)]
             if up.call.action in self.watched:
@@ -304,25 +313,46 @@ class Router:
         return self._to_charger(Call(message_id, action, payload, text), Origin.CONTROLLER, now)
 
     def _to_charger(self, call: Call, origin: Origin, now: float) -> list[Effect]:
+        effects = self._expire_down(now)
+        if self._down is None:
+            self._down = _Pending(call, origin, now)
+            effects.append(ToCharger(call.raw, call.action if origin is Origin.CSMS else None))
+            return effects
+        if len(self._down_queue) >= self._max_queued:
+            if origin is Origin.CSMS:
+                return effects + self._refuse(
+                    FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
+                    "csms_calls_overflow",
+                    to_charger=False,
+                )
+            return [*effects, Note("own_call_dropped", {"action": call.action})]
+        self._down_queue.append((call, origin))
+        return [*effects, Note("call_to_charger_queued", {"action": call.action})]
+
+    def _expire_down(self, now: float) -> list[Effect]:
+        """Give up a call the charger did not answer in time; send the next one waiting."""
         down = self._down
-        if down is not None and now - down.since <= self._call_timeout:
-            if len(self._down_queue) >= self._max_queued:
-                if origin is Origin.CSMS:
-                    return self._refuse(
-                        FrameError(ErrorKind.BUSY, "too many calls unanswered", call.id),
-                        "csms_calls_overflow",
-                        to_charger=False,
-                    )
-                return [Note("own_call_dropped", {"action": call.action})]
-            self._down_queue.append((call, origin))
-            return [Note("call_to_charger_queued", {"action": call.action})]
+        if down is None or now - down.since <= self._call_timeout:
+            return []
+        self._down = None
+        return [
+            Note("charger_answer_timed_out", {"action": down.call.action}),
+            *self._next_down(now),
+        ]
+
+    def _next_down(self, now: float) -> list[Effect]:
+        if self._down is not None or not self._down_queue:
+            return []
+        call, origin = self._down_queue.popleft()
         self._down = _Pending(call, origin, now)
         return [ToCharger(call.raw, call.action if origin is Origin.CSMS else None)]
 
     # -- uplink state -------------------------------------------------------------
 
-    def uplink_lost(self) -> list[Effect]:
+    def uplink_lost(self, now: float | None = None) -> list[Effect]:
         """The uplink went away: calls awaiting the CSMS are answered locally."""
+        if now is None:
+            now = self._now
         self.state = State.OFFLINE
         effects: list[Effect] = []
         if self._up is not None and self._up.origin is Origin.CHARGER:
@@ -335,6 +365,7 @@ class Router:
         if self._down is not None and self._down.origin is Origin.CSMS:
             self._down = None
         self._down_queue = deque(x for x in self._down_queue if x[1] is not Origin.CSMS)
+        effects.extend(self._next_down(now))
         return effects
 
     def uplink_back(self, *, draining: bool) -> None:

@@ -233,7 +233,7 @@ class Session:
         if self.responder is None or csms_dropped_charger(code):
             await self.charger.close(relay_close_code(code), reason or "")
             return
-        await self._apply(router.uplink_lost())
+        await self._apply(router.uplink_lost(clock()))
         if self._reconnect is not None:
             self._spawn(self._reconnect_loop(first=False), "reconnect")
 

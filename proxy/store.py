@@ -220,10 +220,13 @@ class Store:
             f"file:{self.path}?mode=ro", uri=True, isolation_level=None
         )
         await self._reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-        async with db.execute("SELECT MAX(provisional) FROM transactions") as cur:
-            row = await cur.fetchone()
-        top = row[0] if row and row[0] is not None else None
-        self._next_tx = max(self._tx_id_start, (top or 0) + 1)
+        async with db.execute(
+            "SELECT MAX(provisional) FROM transactions"
+            " UNION ALL SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_tx'"
+        ) as cur:
+            tops = [r[0] for r in await cur.fetchall() if r[0] is not None]
+        # Never hand out an id twice, even after old mappings were purged.
+        self._next_tx = max([self._tx_id_start, *(t + 1 for t in tops[:1]), *tops[1:]])
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
@@ -370,6 +373,11 @@ class Store:
             self._next_tx += 1
             await self._write(
                 [
+                    (
+                        "INSERT INTO meta(key, value) VALUES ('next_tx', ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (str(self._next_tx),),
+                    ),
                     (
                         "INSERT INTO transactions(provisional, identity, dedupe_key, id_key,"
                         " connector, meter_start, started, status)"
@@ -906,3 +914,52 @@ class Store:
         async with self._read().execute("SELECT identity FROM chargers ORDER BY identity") as cur:
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
+
+    # -- admin queries --
+
+    async def outbox_counts(self) -> dict[str, tuple[int, int]]:
+        """(pending, dead) outbox messages per charger."""
+        async with self._read().execute(
+            "SELECT identity, COUNT(*) FILTER (WHERE state = 'pending'),"
+            " COUNT(*) FILTER (WHERE state = 'dead') FROM outbox GROUP BY identity"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    async def outbox_count(self, identity: str | None = None, *, state: str = "pending") -> int:
+        """Outbox messages in ``state`` (of one charger, or of all)."""
+        async with self._read().execute(
+            "SELECT COUNT(*) FROM outbox WHERE state = ? AND (? IS NULL OR identity = ?)",
+            (state, identity, identity),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def charger_versions(self) -> dict[str, str | None]:
+        """The OCPP subprotocol each registered charger last booted with."""
+        async with self._read().execute("SELECT identity, ocpp_version FROM chargers") as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]): None if r[1] is None else str(r[1]) for r in rows}
+
+    async def site_list_entry(self, key: str) -> AuthEntry | None:
+        async with self._read().execute(
+            "SELECT status, expiry, parent FROM site_list WHERE key = ?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _row_entry(row[0], row[1], row[2]) if row else None
+
+    async def site_list_put(self, key: str, entry: AuthEntry) -> None:
+        """Add or replace one site list entry."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO site_list(key, status, expiry, parent) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET status = excluded.status,"
+                    " expiry = excluded.expiry, parent = excluded.parent",
+                    (key, *_entry_row(entry)),
+                )
+            ]
+        )
+
+    async def site_list_remove(self, key: str) -> None:
+        await self._write([("DELETE FROM site_list WHERE key = ?", (key,))])

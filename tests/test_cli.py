@@ -1,0 +1,170 @@
+"""Tests of proxy.cli: ``main(argv)`` exit codes and messages, and ``python -m proxy``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import ENV_PREFIX
+from proxy.cli import EXIT_OK, EXIT_USAGE, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OCPP_LC_* variable of the caller's environment leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def good_file(tmp_path: Path) -> Path:
+    """A valid settings file."""
+    path = tmp_path / "site.toml"
+    path.write_text('[listen]\nport = 9001\n[csms]\nurl = "wss://csms.example/ocpp"\n')
+    return path
+
+
+def test_exit_codes_are_the_documented_ones() -> None:
+    """0 success, 2 usage error or invalid settings."""
+    assert (EXIT_OK, EXIT_USAGE) == (0, 2)
+
+
+def test_check_config_of_a_valid_file(good_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config FILE returns 0 and prints that the file is ok."""
+    assert main(["check-config", str(good_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{good_file}: ok\n"
+    assert err == ""
+
+
+def test_check_config_with_the_config_option(
+    good_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config --config FILE works like the positional FILE."""
+    assert main(["check-config", "--config", str(good_file)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[listen]\nportt = 1\n", "listen.portt: unknown setting"),
+        ('[listen]\nport = "x"\n', "listen.port:"),
+        ("[listen\n", "cannot be read"),
+        ('[csms]\nurl = "http://x"\n', "csms.url:"),
+    ],
+)
+def test_check_config_of_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, fragment: str
+) -> None:
+    """check-config of an invalid file returns 2 with one line on stderr, nothing on stdout."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("ocpp-lc: ")
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert fragment in err
+
+
+def test_check_config_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config of a file that does not exist returns 2 with one line on stderr."""
+    path = tmp_path / "nope.toml"
+    assert main(["check-config", str(path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert str(path) in err
+
+
+def test_check_config_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config with no FILE returns 2 and says a FILE is required."""
+    assert main(["check-config"]) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "FILE is required" in err
+    assert err.count("\n") == 1
+
+
+def test_check_config_sees_environment_errors(
+    good_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config validates the effective settings, variables included."""
+    monkeypatch.setenv("OCPP_LC_LISTEN__PORT", "not-a-port")
+    assert main(["check-config", str(good_file)]) == EXIT_USAGE
+    assert "listen.port" in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_file_exits_2_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve --config with an invalid file returns 2 without starting anything."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[listen]\nportt = 1\n")
+    assert main(["serve", "--config", str(path)]) == EXIT_USAGE
+    assert "listen.portt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["check-config", "--help"],
+        ["local-list", "--help"],
+        ["local-list", "import", "--help"],
+        ["local-list", "export", "--help"],
+        ["local-list", "show", "--help"],
+        ["outbox", "--help"],
+        ["outbox", "show", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_help_of_each_command_exits_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of the program and of each command prints usage and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: ocpp-lc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["check-config", "--nope"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """No command, an unknown command or an unknown option exits 2 with usage on stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USAGE
+    assert "usage: ocpp-lc" in capsys.readouterr().err
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m proxy`` with ``args`` from the repository, with no OCPP_LC_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_module_entry_point_checks_a_file(good_file: Path, tmp_path: Path) -> None:
+    """``python -m proxy check-config FILE`` exits 0 on a good file and 2 on a bad one."""
+    good = run_module("check-config", str(good_file))
+    assert (good.returncode, good.stdout, good.stderr) == (0, f"{good_file}: ok\n", "")
+    bad_path = tmp_path / "bad.toml"
+    bad_path.write_text("[listen]\nportt = 1\n")
+    bad = run_module("check-config", str(bad_path))
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert "listen.portt: unknown setting" in bad.stderr
