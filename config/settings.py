@@ -13,7 +13,15 @@ import contextvars
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,6 +60,28 @@ class ListenSettings(_Section):
     compression: bool = True
     #: Calls a charger may send while one is still unanswered before it gets GenericError.
     max_queued_calls: int = Field(default=10, ge=0)
+    #: OCPP security profile: 0 none, 1 Basic over ws, 2 TLS + Basic, 3 mutual TLS.
+    security_profile: Literal[0, 1, 2, 3] = 0
+    #: The controller's certificate and key (PEM) for profiles 2 and 3.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle (PEM) that charger certificates must chain to (profile 3).
+    client_ca: Path | None = None
+    #: Profile 3: the client certificate's CN must equal the identity (``identity``), or
+    #: contain the serial number the charger reports in its BootNotification (``serial``).
+    cn_match: Literal["identity", "serial"] = "identity"
+    #: Connections open at once from one IP address (0: no limit).
+    max_connections_per_ip: int = Field(default=1000, ge=0)
+    #: Seconds before a refused login is answered (401), to slow down guessing.
+    auth_failure_delay: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ListenSettings:
+        if self.security_profile >= 2 and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("security_profile 2 and 3 need tls_cert and tls_key")
+        if self.security_profile == 3 and self.client_ca is None:
+            raise ValueError("security_profile 3 needs client_ca")
+        return self
 
 
 class CsmsSettings(_Section):
@@ -68,6 +98,12 @@ class CsmsSettings(_Section):
     compression: bool = False
     #: Seconds the controller waits for the CSMS to answer a call it forwarded.
     call_timeout: float = Field(default=30.0, gt=0)
+    #: CA bundle (PEM) the CSMS certificate is verified against (wss://); default: the
+    #: system's trust store.
+    ca_bundle: Path | None = None
+    #: The controller's own client certificate and key (PEM) for a profile 3 CSMS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -172,7 +208,24 @@ class ChargerPolicySettings(_Section):
 class ChargerSettings(_Section):
     """One charger's registration (``[chargers.<identity>]``) and policy overrides."""
 
+    #: Basic-auth password (profiles 1 and 2); kept only as a salted hash once loaded.
+    password: SecretStr | None = None
+    #: Basic-auth password the controller sends upstream for this charger (instead of
+    #: passing the charger's own header through).
+    csms_password: SecretStr | None = None
     policy: ChargerPolicySettings = ChargerPolicySettings()
+
+
+class AdmissionSettings(_Section):
+    """Which chargers may connect."""
+
+    #: An identity not registered under ``[chargers.<identity>]`` (nor accepted by the
+    #: CSMS before): ``refuse`` (HTTP 404) or ``pass_through`` (the CSMS decides; while
+    #: the uplink is down, ``[offline] unknown_charger`` does).
+    unknown_identities: Literal["refuse", "pass_through"] = "refuse"
+    #: Keep a salted hash of a charger's Basic credentials once the CSMS accepted them,
+    #: so the charger is admitted while the uplink is down.
+    learn_credentials: bool = True
 
 
 class LocalListSettings(_Section):
@@ -209,6 +262,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     local_list: LocalListSettings = LocalListSettings()
     replay: ReplaySettings = ReplaySettings()
+    admission: AdmissionSettings = AdmissionSettings()
     #: ``[chargers.<identity>]``: per-charger registration and policy overrides.
     chargers: dict[str, ChargerSettings] = Field(default_factory=dict)
     runtime: RuntimeSettings = RuntimeSettings()

@@ -368,7 +368,8 @@ class ClearResult(BaseModel):
 
 def energy_reading(replayer: Replayer, identity: str, transaction_id: int | str) -> float | None:
     """The last energy register reading (Wh) the replayer saw for a transaction, keyed by
-    the id the charger uses (live MeterValues, stored or replayed)."""
+    the id the charger uses: MeterValues answered offline, replayed, or watched online for
+    an energy limit."""
     return replayer._energy.get((identity, transaction_id))
 
 
@@ -384,12 +385,12 @@ def ocpp_version(subprotocol: str | None) -> str | None:
     return subprotocol.removeprefix("ocpp")
 
 
+_STATES: dict[str, UplinkState] = {"online": "online", "offline": "offline", "draining": "draining"}
+
+
 def uplink_state(session: Session) -> UplinkState:
     """The session's state as the API spells it."""
     return _STATES[session.state.value]
-
-
-_STATES: dict[str, UplinkState] = {"online": "online", "offline": "offline", "draining": "draining"}
 
 
 def _utc(epoch: float | None) -> datetime | None:

@@ -20,6 +20,7 @@ from config.settings import Settings
 from policies.local_list import parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
+from proxy.gate import Gate
 from proxy.metrics import Metrics
 from proxy.offline import OfflineResponder
 from proxy.replay import Replayer
@@ -45,12 +46,14 @@ class Controller:
         self.responder = OfflineResponder(settings, self.store, self.site)
         self.replayer = Replayer(settings, self.store, self.metrics)
         self.site.on_meter = self.replayer.meter
+        self.gate = Gate(settings, self.store, self.metrics, get_logger(component="security"))
         self.chargers = ChargerServer(
             settings,
             responder=self.responder,
             observer=self.site,
             replayer=self.replayer,
             metrics=self.metrics,
+            gate=self.gate,
         )
         self._gauges: dict[str, Any] = {}
         self.metrics.bind_state(self.metrics_state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,13 @@ from websockets.typing import Subprotocol
 
 from config.logging import get_logger
 from config.settings import Settings
+from policies.admission import Verdict, basic_header
+from proxy.gate import Gate, client_tls, server_tls
 from proxy.metrics import Metrics
 from proxy.replay import Replayer
 from proxy.router import Router, State
 from proxy.session import ConnectLimiter, Observer, Reconnect, Responder, Session
+from proxy.store import StoreError
 from proxy.uplink import UplinkRefused, UplinkRequest, UplinkUnavailable, open_uplink
 from proxy.versions import SUPPORTED_SUBPROTOCOLS, dialect_for
 
@@ -87,6 +91,7 @@ class ChargerServer:
         observer: Observer | None = None,
         replayer: Replayer | None = None,
         metrics: Metrics | None = None,
+        gate: Gate,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
@@ -94,6 +99,9 @@ class ChargerServer:
         self.observer = observer
         self.replayer = replayer
         self.limiter = ConnectLimiter(settings.uplink.max_connects_per_second)
+        self.gate = gate
+        self.uplink_tls = client_tls(settings)
+        self._per_ip: Counter[str] = Counter()
         self.sessions: dict[str, Session] = {}
         self._handshakes: dict[Any, _Handshake] = {}
         self._reaping: set[asyncio.Task[None]] = set()
@@ -116,6 +124,7 @@ class ChargerServer:
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             compression="deflate" if ls.compression else None,
+            ssl=server_tls(self.settings),
             open_timeout=ls.open_timeout,
             ping_interval=ls.ping_interval or None,
             ping_timeout=ls.ping_timeout,
@@ -144,8 +153,7 @@ class ChargerServer:
     ) -> Response | None:
         identity = identity_from_path(request.path)
         if identity is None:
-            self.log.warning("charger_refused", reason="bad_identity", path=request.path[:100])
-            self.metrics.security_events["bad_identity"] += 1
+            self.gate.security_event("bad_identity", path=repr(request.path[:100]))
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
         offered = offered_subprotocols(request.headers)
         ours = [p for p in offered if p in SUPPORTED_SUBPROTOCOLS]
@@ -153,20 +161,41 @@ class ChargerServer:
         if not ours:
             # Completed without a subprotocol, then closed at once by the handler.
             self._handshakes[connection] = _Handshake(identity, None, None)
-            log.warning("charger_refused", reason="no_supported_subprotocol", offered=offered)
-            self.metrics.security_events["no_supported_subprotocol"] += 1
+            self.gate.security_event(
+                "no_supported_subprotocol", charger=identity, offered=offered[:8]
+            )
             return None
         authorization = request.headers.get("Authorization")
         user_agent = request.headers.get("User-Agent")
+        remote = connection.remote_address[0] if connection.remote_address else "?"
+        cap = self.settings.listen.max_connections_per_ip
+        if cap and self._per_ip[remote] >= cap:
+            self.gate.security_event("ip_connection_cap", charger=identity, remote=remote)
+            return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Too many connections\n")
+        peercert = None
+        if connection.transport is not None:
+            peercert = connection.transport.get_extra_info("peercert")
+        version = "ocpp1.6" if "ocpp1.6" in ours else ours[0]
+        verdict, registered = await self.gate.decide(
+            identity, authorization, version, peercert, remote
+        )
+        if verdict is Verdict.REFUSE:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
+        if verdict is Verdict.UNAUTHORIZED:
+            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
+            return response
+        upstream_auth = self._upstream_authorization(identity, authorization)
         try:
             await self.limiter.acquire()
             uplink = await open_uplink(
                 self.settings.csms,
-                UplinkRequest(identity, tuple(ours), authorization, user_agent),
+                UplinkRequest(identity, tuple(ours), upstream_auth, user_agent),
+                self.uplink_tls,
             )
         except UplinkRefused as exc:
             log.warning("charger_refused", reason="csms_refused", status=exc.status)
-            self.metrics.security_events[f"csms_refused_{exc.status}"] += 1
+            self.gate.security_event(f"csms_refused_{exc.status}", charger=identity, remote=remote)
             return connection.respond(http.HTTPStatus(exc.status), f"{exc.reason}\n")
         except UplinkUnavailable as exc:
             if self.responder is None or not self._serves_offline():
@@ -174,19 +203,38 @@ class ChargerServer:
                 return connection.respond(
                     http.HTTPStatus.BAD_GATEWAY, "CSMS unreachable, try again later\n"
                 )
+            if not registered and self.settings.offline.unknown_charger == "reject":
+                self.gate.security_event(
+                    "unknown_identity_offline", charger=identity, remote=remote
+                )
+                return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
             log.info("uplink_unavailable", error=str(exc))
             chosen = next(p for p in SUPPORTED_SUBPROTOCOLS if p in ours)
             self._handshakes[connection] = _Handshake(
-                identity, None, chosen, authorization, user_agent
+                identity, None, chosen, upstream_auth, user_agent
             )
             return None
+        if verdict is Verdict.ASK_CSMS and authorization is not None:
+            # The CSMS accepted these credentials: keep a hash for the next outage.
+            try:
+                await self.gate.learn(identity, authorization, "csms_accepted")
+            except StoreError as exc:
+                log.error("credential_not_kept", error=str(exc))
         self._handshakes[connection] = _Handshake(
-            identity, uplink, uplink.subprotocol, authorization, user_agent
+            identity, uplink, uplink.subprotocol, upstream_auth, user_agent
         )
         asyncio.get_running_loop().call_later(
             self.settings.listen.open_timeout + 1.0, self._reap, connection
         )
         return None
+
+    def _upstream_authorization(self, identity: str, authorization: str | None) -> str | None:
+        """The Authorization header of the uplink: configured credentials, else the
+        charger's own passed through (unless that is turned off)."""
+        charger = self.settings.chargers.get(identity)
+        if charger is not None and charger.csms_password is not None:
+            return basic_header(identity, charger.csms_password.get_secret_value().encode())
+        return authorization if self.settings.csms.pass_authorization else None
 
     def _reap(self, connection: ServerConnection) -> None:
         """Close the uplink of a handshake that never reached its session."""
@@ -257,6 +305,7 @@ class ChargerServer:
                 UplinkRequest(hs.identity, (dialect.subprotocol,), hs.authorization, hs.user_agent),
                 self.limiter,
                 self.replayer,
+                self.uplink_tls,
             )
             if serves
             else None,
@@ -265,6 +314,8 @@ class ChargerServer:
             await self.replayer.attach(session)
             if hs.uplink is not None and await self._has_backlog(hs.identity):
                 router.uplink_back(draining=True)
+        remote = connection.remote_address[0] if connection.remote_address else "?"
+        self._per_ip[remote] += 1
         old = self.sessions.get(hs.identity)
         self.sessions[hs.identity] = session
         if old is not None:
@@ -277,5 +328,8 @@ class ChargerServer:
         try:
             await session.run()
         finally:
+            self._per_ip[remote] -= 1
+            if self._per_ip[remote] <= 0:
+                del self._per_ip[remote]
             if self.sessions.get(hs.identity) is session:
                 del self.sessions[hs.identity]

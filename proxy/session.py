@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -116,6 +117,7 @@ class Reconnect:
     request: UplinkRequest
     limiter: ConnectLimiter
     drainer: Drainer | None = None
+    tls: ssl.SSLContext | None = None
 
 
 class Session:
@@ -143,6 +145,8 @@ class Session:
         self.responder = responder
         self.observer = observer
         self._reconnect = reconnect
+        #: What the uplink is reopened with (its credentials change with the charger's).
+        self.uplink_request = reconnect.request if reconnect is not None else None
         self._on_own_result = on_own_result
         self.metrics = metrics if metrics is not None else Metrics()
         self._forwarded = self.metrics.forwarded
@@ -252,7 +256,8 @@ class Session:
             attempt += 1
             await rc.limiter.acquire()
             try:
-                uplink = await open_uplink(csms, rc.request)
+                assert self.uplink_request is not None
+                uplink = await open_uplink(csms, self.uplink_request, rc.tls)
             except (UplinkRefused, UplinkUnavailable) as exc:
                 self.log.info("uplink_retry", attempt=attempt, error=str(exc))
                 continue

@@ -107,6 +107,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL,
         PRIMARY KEY(identity, transaction_id)
     );
+    CREATE TABLE credentials(
+        identity TEXT PRIMARY KEY, credential TEXT NOT NULL, source TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX charger_lists_by_key ON charger_lists(key);
     """,
@@ -829,6 +833,29 @@ class Store:
                     " cap_wh = COALESCE(?, cap_wh), cap_applied = MAX(cap_applied, ?)"
                     " WHERE identity = ? AND transaction_id = ?",
                     (int(deauthorized), cap_wh, int(cap_applied), identity, transaction_id),
+                )
+            ]
+        )
+
+    # -- credentials ---------------------------------------------------------------------
+
+    async def credential(self, identity: str) -> str | None:
+        """The stored (learned) credential hash of a charger, as text."""
+        async with self._read().execute(
+            "SELECT credential FROM credentials WHERE identity = ?", (identity,)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def save_credential(self, identity: str, credential: str, source: str) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO credentials(identity, credential, source, updated)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT(identity) DO UPDATE SET"
+                    " credential = excluded.credential, source = excluded.source,"
+                    " updated = excluded.updated",
+                    (identity, credential, source, time.time()),
                 )
             ]
         )

@@ -8,6 +8,7 @@ the CSMS sees the charger as if it were connected directly.
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -46,10 +47,16 @@ def uplink_url(base: str, identity: str) -> str:
     return f"{base}/{quote(identity, safe='')}"
 
 
-async def open_uplink(settings: CsmsSettings, request: UplinkRequest) -> ClientConnection:
-    """Open the uplink of one charger or raise UplinkRefused / UplinkUnavailable."""
+async def open_uplink(
+    settings: CsmsSettings, request: UplinkRequest, tls: ssl.SSLContext | None = None
+) -> ClientConnection:
+    """Open the uplink of one charger or raise UplinkRefused / UplinkUnavailable.
+
+    ``request.authorization`` is sent as it is: the charger's own header passed through,
+    or the credentials configured for the charger.
+    """
     headers: dict[str, str] = {}
-    if settings.pass_authorization and request.authorization is not None:
+    if request.authorization is not None:
         headers["Authorization"] = request.authorization
     try:
         return await connect(
@@ -63,6 +70,7 @@ async def open_uplink(settings: CsmsSettings, request: UplinkRequest) -> ClientC
             ping_timeout=settings.ping_timeout,
             max_size=settings.max_message_size,
             proxy=None,
+            ssl=tls,
         )
     except InvalidStatus as exc:
         response = exc.response
