@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from config.logging import get_logger
 from config.settings import Settings
+from policies.admission import basic_header
 from policies.local_list import parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
@@ -25,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.offline import OfflineResponder
 from proxy.replay import Replayer
 from proxy.router import State
+from proxy.session import Session
 from proxy.site import Site
 from proxy.store import Store, StoreError
 
@@ -47,6 +50,7 @@ class Controller:
         self.replayer = Replayer(settings, self.store, self.metrics)
         self.site.on_meter = self.replayer.meter
         self.gate = Gate(settings, self.store, self.metrics, get_logger(component="security"))
+        self.site.on_new_password = self._new_password
         self.chargers = ChargerServer(
             settings,
             responder=self.responder,
@@ -122,6 +126,23 @@ class Controller:
                 await self.store.purge_mappings(time.time() - grace)
             except StoreError as exc:
                 self.log.error("outbox_watchdog_failed", error=str(exc))
+
+    async def _new_password(self, session: Session, password: bytes) -> None:
+        """The CSMS set a new Basic password and the charger accepted it (R43): the next
+        uplink uses it, and the charger is checked against it while offline."""
+        header = basic_header(session.identity, password)
+        charger = self.settings.chargers.get(session.identity)
+        configured_upstream = charger is not None and charger.csms_password is not None
+        if (
+            session.uplink_request is not None
+            and self.settings.csms.pass_authorization
+            and not configured_upstream
+        ):
+            session.uplink_request = dataclasses.replace(
+                session.uplink_request, authorization=header
+            )
+        await self.gate.learn(session.identity, header, "key_change")
+        self.gate.security_event("credentials_changed", charger=session.identity)
 
     async def _import_site_list(self) -> None:
         path = self.settings.local_list.path

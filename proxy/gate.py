@@ -102,19 +102,19 @@ class Gate:
         return bool(record and record["accepted"])
 
     async def credential(self, identity: str) -> Credential | None:
-        configured = self._configured.get(identity)
-        if configured is not None:
-            return configured
+        """The hash to check a charger's password against: one the CSMS set since
+        (a key change), else the configured one, else one learned from the CSMS."""
         try:
-            text = await self.store.credential(identity)
+            stored = await self.store.credential(identity)
         except StoreError:
-            return None
-        if text is None:
-            return None
-        try:
-            return Credential.from_text(text)
-        except ValueError:
-            return None
+            stored = None
+        configured = self._configured.get(identity)
+        if stored is not None and (configured is None or stored[1] == "key_change"):
+            try:
+                return Credential.from_text(stored[0])
+            except ValueError:
+                return configured
+        return configured
 
     async def _check(
         self, identity: str, password: bytes, credential: Credential, version: str
@@ -170,14 +170,22 @@ class Gate:
         return verdict, registered
 
     async def learn(self, identity: str, authorization: str | None, source: str) -> None:
-        """Keep a hash of Basic credentials the CSMS accepted (or a key it set)."""
-        if not self.settings.admission.learn_credentials or identity in self._configured:
+        """Keep a hash of Basic credentials the CSMS accepted, or of a key it set
+        (``source="key_change"``: kept even over a configured password, which the
+        charger no longer uses)."""
+        if source != "key_change" and (
+            not self.settings.admission.learn_credentials or identity in self._configured
+        ):
             return
         credentials = parse_basic(authorization)
         if credentials is None or credentials[0] != identity:
             return
         known = await self.credential(identity)
-        if known is not None and await self._check(identity, credentials[1], known, "ocpp2.0.1"):
+        if (
+            source != "key_change"
+            and known is not None
+            and await self._check(identity, credentials[1], known, "ocpp2.0.1")
+        ):
             return  # already known: nothing to hash again
         credential = await asyncio.to_thread(hash_password, credentials[1], os.urandom(16))
         self._verified.pop(identity, None)

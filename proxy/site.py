@@ -57,6 +57,34 @@ def id_tag_info_entry(info: Any) -> AuthEntry | None:
     )
 
 
+def new_password(action: str, request: dict[str, Any], result: dict[str, Any]) -> bytes | None:
+    """The Basic password a CSMS set and the charger accepted, if the exchange did."""
+    if action == "ChangeConfiguration":
+        if request.get("key") == "AuthorizationKey" and result.get("status") == "Accepted":
+            value = request.get("value")
+            return value.encode() if isinstance(value, str) else None
+        return None
+    data = request.get("setVariableData")
+    results = result.get("setVariableResult")
+    if not isinstance(data, list) or not isinstance(results, list):
+        return None
+    for item, outcome in zip(data, results, strict=False):
+        if not isinstance(item, dict) or not isinstance(outcome, dict):
+            continue
+        component = item.get("component") or {}
+        variable = item.get("variable") or {}
+        if (
+            isinstance(component, dict)
+            and isinstance(variable, dict)
+            and component.get("name") == "SecurityCtrlr"
+            and variable.get("name") == "BasicAuthPassword"
+            and outcome.get("attributeStatus") == "Accepted"
+            and isinstance(item.get("attributeValue"), str)
+        ):
+            return str(item["attributeValue"]).encode()
+    return None
+
+
 class Site:
     """Site-wide authorization state over the store."""
 
@@ -69,6 +97,9 @@ class Site:
         #: id key -> the (identity, transactionId) pairs charging with it
         self._active: dict[str, set[tuple[str, int | str]]] = {}
         self._tx_key: dict[tuple[str, int | str], str] = {}
+        #: Called when the CSMS changed a charger's Basic password and the charger
+        #: accepted (AuthorizationKey / BasicAuthPassword), with the new password.
+        self.on_new_password: Callable[[Session, bytes], Awaitable[None]] | None = None
         #: Called with every MeterValues that passes through (the energy-cap policy).
         self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
 
@@ -172,6 +203,10 @@ class Site:
                     await self.store.apply(self.store.close_transaction(identity, provisional))
             if key is not None:
                 await self._learn(identity, key, info)
+        elif action in ("ChangeConfiguration", "SetVariables"):
+            password = new_password(action, request, result)
+            if password is not None and self.on_new_password is not None:
+                await self.on_new_password(session, password)
         elif action == "SendLocalList" and result.get("status") == "Accepted":
             await self._learn_list(identity, request)
         elif action == "GetLocalListVersion":

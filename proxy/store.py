@@ -839,13 +839,13 @@ class Store:
 
     # -- credentials ---------------------------------------------------------------------
 
-    async def credential(self, identity: str) -> str | None:
-        """The stored (learned) credential hash of a charger, as text."""
+    async def credential(self, identity: str) -> tuple[str, str] | None:
+        """The stored credential hash of a charger, as text, and where it came from."""
         async with self._read().execute(
-            "SELECT credential FROM credentials WHERE identity = ?", (identity,)
+            "SELECT credential, source FROM credentials WHERE identity = ?", (identity,)
         ) as cur:
             row = await cur.fetchone()
-        return str(row[0]) if row else None
+        return (str(row[0]), str(row[1])) if row else None
 
     async def save_credential(self, identity: str, credential: str, source: str) -> None:
         await self._write(

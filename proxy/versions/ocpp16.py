@@ -157,6 +157,7 @@ DIALECT = Dialect(
             "StatusNotification",
             "SendLocalList",
             "GetLocalListVersion",
+            "ChangeConfiguration",
         }
     ),
     stored_actions=frozenset(

@@ -128,6 +128,7 @@ _WATCHED = frozenset(
         "StatusNotification",
         "SendLocalList",
         "GetLocalListVersion",
+        "SetVariables",
     }
 )
 
