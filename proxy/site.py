@@ -202,7 +202,7 @@ class Site:
                     self.stopped(identity, provisional)
                     await self.store.apply(self.store.close_transaction(identity, provisional))
             if key is not None:
-                await self._learn(identity, key, info)
+                await self._learn(identity, key, self._site_key(request), info)
         elif action in ("ChangeConfiguration", "SetVariables"):
             password = new_password(action, request, result)
             if password is not None and self.on_new_password is not None:
@@ -237,11 +237,19 @@ class Site:
             return token_key(token["idToken"], str(token.get("type")))
         return None
 
-    async def _learn(self, identity: str, key: str, info: Any) -> None:
+    @staticmethod
+    def _site_key(request: dict[str, Any]) -> str | None:
+        """The key of the id in the site list (bare, without a 2.0.1 token type)."""
+        token = request.get("idToken")
+        if isinstance(token, dict) and isinstance(token.get("idToken"), str):
+            return token_key(token["idToken"], None)
+        return None
+
+    async def _learn(self, identity: str, key: str, site_key: str | None, info: Any) -> None:
         entry = id_tag_info_entry(info)
         if entry is None:
             return
-        if await self.store.in_any_local_list(key):
+        if await self.store.in_local_list(identity, key, site_key):
             return
         await self.store.cache_put(key, entry)
 

@@ -699,12 +699,12 @@ class Store:
             found[int(r[0])] = _row_entry(r[1], r[2], r[3])
         return found[0], found[1], found[2]
 
-    async def in_any_local_list(self, key: str) -> bool:
-        """Whether ``key`` is in the site list or in any charger's list."""
+    async def in_local_list(self, identity: str, key: str, site_key: str | None = None) -> bool:
+        """Whether ``key`` is in the site list or in the charger's own list."""
         async with self._read().execute(
             "SELECT EXISTS(SELECT 1 FROM site_list WHERE key = ?)"
-            " OR EXISTS(SELECT 1 FROM charger_lists WHERE key = ?)",
-            (key, key),
+            " OR EXISTS(SELECT 1 FROM charger_lists WHERE identity = ? AND key = ?)",
+            (site_key or key, identity, key),
         ) as cur:
             row = await cur.fetchone()
         return bool(row and row[0])
