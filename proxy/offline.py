@@ -90,7 +90,8 @@ class OfflineResponder:
 
     async def answer(self, session: Session, call: Call) -> str | None:
         dialect = session.router.dialect
-        payload = call.payload if isinstance(call.payload, dict) else {}
+        exact = frames.exact_payload(call)
+        payload = exact if isinstance(exact, dict) else {}
         table = self._tables.get(dialect.subprotocol, {})
         handler = table.get(call.action)
         if handler is None:

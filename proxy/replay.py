@@ -394,9 +394,10 @@ class Replayer:
 
 def _marked_offline(call: Call) -> Call:
     """A TransactionEvent that happened while the uplink was down, flagged ``offline``."""
-    if not isinstance(call.payload, dict) or call.payload.get("offline") is True:
+    exact = frames.exact_payload(call)
+    if not isinstance(exact, dict) or exact.get("offline") is True:
         return call
-    payload = dict(call.payload, offline=True)
+    payload = dict(exact, offline=True)
     return Call(call.id, call.action, payload, frames.call(call.id, call.action, payload))
 
 

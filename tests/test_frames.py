@@ -205,11 +205,12 @@ def test_unicode_and_escapes_stay_verbatim_in_raw() -> None:
 
 @pytest.mark.parametrize("value", [2**64 - 1, 2**64 + 1, BIG, -BIG, -(2**63) - 1])
 def test_integers_beyond_64_bits_still_parse(value: int) -> None:
-    """Integers orjson refuses (beyond 64 bits) are still valid JSON and parse exactly."""
+    """Integers beyond 64 bits are valid JSON: they parse, and the exact payload keeps them."""
     text = f'[2,"a","DataTransfer",{{"vendorId":"v","data":{value}}}]'
     frame = frames.parse(text)
     assert isinstance(frame, Call)
-    assert frame.payload["data"] == value
+    assert frames.exact_payload(frame)["data"] == value
+    assert type(frames.exact_payload(frame)["data"]) is int
     assert frame.raw == text
 
 

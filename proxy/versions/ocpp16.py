@@ -16,8 +16,10 @@ def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Ca
     """MeterValues and StopTransaction of a transaction started offline go up with the
     CSMS's id (or -1 when its start was dead-lettered); a stop the controller asked for
     because the id was refused goes up with reason DeAuthorized."""
-    payload = call.payload
-    if call.action not in ("MeterValues", "StopTransaction") or not isinstance(payload, dict):
+    if call.action not in ("MeterValues", "StopTransaction"):
+        return call
+    payload = frames.exact_payload(call)
+    if not isinstance(payload, dict):
         return call
     tx_id = payload.get("transactionId")
     if type(tx_id) is not int or tx_id not in ids:
@@ -32,7 +34,9 @@ def rewrite_down(call: Call, ids: Mapping[int, int]) -> Call:
     """A CSMS call naming a transaction by the CSMS's id reaches the charger with the id
     the charger knows (RemoteStopTransaction, SetChargingProfile with a TxProfile,
     GetCompositeSchedule has none)."""
-    payload = call.payload
+    if call.action not in ("RemoteStopTransaction", "SetChargingProfile"):
+        return call
+    payload = frames.exact_payload(call)
     if not isinstance(payload, dict):
         return call
     if call.action == "RemoteStopTransaction":

@@ -27,8 +27,10 @@ def dedupe_key(action: str, payload: Mapping[str, Any]) -> str:
 def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
     """The Ended event of a transaction the controller stopped because the CSMS refused
     its id goes up with stoppedReason DeAuthorized (station ids need no mapping)."""
-    payload = call.payload
-    if call.action != "TransactionEvent" or not isinstance(payload, dict):
+    if call.action != "TransactionEvent":
+        return call
+    payload = frames.exact_payload(call)
+    if not isinstance(payload, dict):
         return call
     tx = payload.get("transactionInfo")
     if payload.get("eventType") != "Ended" or not isinstance(tx, dict):
