@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from ocpp.messages import get_validator
 
 from config.settings import Settings
@@ -182,11 +183,12 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
     dkey = dedupe_key(call.action, p)
     stored = await r.store.transaction_by_key(s.identity, dkey)
     if stored is not None:  # the charger's retry: the same answer as the first time
-        tx_id, status = stored
-        return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": {"status": status}})
+        tx_id, status, answered = stored
+        info = orjson.loads(answered) if answered else {"status": status}
+        return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": info})
     decision = await r.site.decide(s.identity, key, for_start=True, valid=is_valid_id_tag(tag))
     info = id_tag_info_16(decision)
-    tx_id, _ = await r.store.start_transaction(
+    tx_id, _, _ = await r.store.start_transaction(
         NewTransaction(
             s.identity,
             dkey,
@@ -195,6 +197,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
             p["meterStart"],
             p["timestamp"],
             info["status"],
+            orjson.dumps(info).decode(),
         ),
         r.item(s, call, p),
     )

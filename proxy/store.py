@@ -58,6 +58,7 @@ MIGRATIONS: tuple[str, ...] = (
         meter_start INTEGER NOT NULL,
         started TEXT NOT NULL,
         status TEXT NOT NULL,
+        answer TEXT,
         real INTEGER,
         stopped INTEGER NOT NULL DEFAULT 0,
         closed_at REAL,
@@ -160,8 +161,9 @@ class NewTransaction:
     connector: int
     meter_start: int
     started: str
-    #: The authorization status answered to the charger.
+    #: The authorization status answered to the charger, and the whole idTagInfo (JSON).
     status: str
+    answer: str = ""
 
 
 Statement = tuple[str, Sequence[Any]]
@@ -363,7 +365,7 @@ class Store:
             int(item.offline),
         )
 
-    async def start_transaction(self, tx: NewTransaction, item: OutboxItem) -> tuple[int, str]:
+    async def start_transaction(self, tx: NewTransaction, item: OutboxItem) -> tuple[int, str, str]:
         """Commit an offline StartTransaction; its provisional id and answered status.
 
         A retry of a StartTransaction already stored (same dedupe key) gets the id and
@@ -384,8 +386,8 @@ class Store:
                     ),
                     (
                         "INSERT INTO transactions(provisional, identity, dedupe_key, id_key,"
-                        " connector, meter_start, started, status)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " connector, meter_start, started, status, answer)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             provisional,
                             tx.identity,
@@ -395,6 +397,7 @@ class Store:
                             tx.meter_start,
                             tx.started,
                             tx.status,
+                            tx.answer,
                         ),
                     ),
                     (
@@ -412,15 +415,19 @@ class Store:
                     ),
                 ]
             )
-            return provisional, tx.status
+            return provisional, tx.status, tx.answer
 
-    async def transaction_by_key(self, identity: str, dedupe_key: str) -> tuple[int, str] | None:
+    async def transaction_by_key(
+        self, identity: str, dedupe_key: str
+    ) -> tuple[int, str, str] | None:
+        """(provisional id, status, idTagInfo JSON) of a stored StartTransaction."""
         async with self._read().execute(
-            "SELECT provisional, status FROM transactions WHERE identity = ? AND dedupe_key = ?",
+            "SELECT provisional, status, answer FROM transactions"
+            " WHERE identity = ? AND dedupe_key = ?",
             (identity, dedupe_key),
         ) as cur:
             row = await cur.fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+        return (int(row[0]), str(row[1]), str(row[2] or "")) if row else None
 
     async def mark_stopped(self, identity: str, provisional: int) -> None:
         await self._write(

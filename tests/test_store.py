@@ -1,0 +1,451 @@
+"""Tests of proxy.store: durability settings, migrations, the outbox and its dedupe,
+dead letters, the site list, provisional transaction ids, and a locked database
+(RELIABILITY.md R38, R39, R41, F7 and §5.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from peers import CALL, CALLERROR, CALLRESULT, RawCharger, controller_url
+
+from policies.authorization import AuthEntry, AuthStatus
+from proxy.store import MIGRATIONS, NewTransaction, OutboxItem, Store, StoreError
+
+if TYPE_CHECKING:
+    from conftest import ControllerFactory
+
+pytestmark = pytest.mark.timeout(30)
+
+PROVISIONAL_START = 2_000_000_000
+STAMP = "2025-01-01T12:00:00.000Z"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An open store in the test's directory."""
+    s = Store(tmp_path / "store.sqlite3", busy_timeout_ms=1500)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def item(identity: str, n: int, key: str | None = None, action: str = "MeterValues") -> OutboxItem:
+    """A distinct outbox message: its frame and message id carry ``n``."""
+    payload = {"connectorId": 1, "transactionId": 7, "meterValue": [{"n": n}]}
+    text = json.dumps([CALL, f"m{n}", action, payload], separators=(",", ":"))
+    return OutboxItem(identity, action, f"m{n}", text, 7, key)
+
+
+def new_tx(identity: str, key: str, meter_start: int = 0) -> NewTransaction:
+    return NewTransaction(identity, key, "CARD", 1, meter_start, STAMP, "Accepted")
+
+
+def start_item(identity: str, key: str) -> OutboxItem:
+    return OutboxItem(
+        identity, "StartTransaction", f"id-{key}", f'[2,"id-{key}","x",{{}}]', None, key
+    )
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+async def test_durability_pragmas(store: Store) -> None:
+    """WAL, synchronous=FULL (2), the configured busy timeout, the latest schema version."""
+    pragmas = await store.pragmas()
+    assert pragmas["journal_mode"] == "wal"
+    assert pragmas["synchronous"] == 2
+    assert pragmas["busy_timeout"] == 1500
+    assert pragmas["user_version"] == len(MIGRATIONS)
+
+
+async def test_migrations_bring_an_empty_file_up_to_date(tmp_path: Path) -> None:
+    """An empty database file gets every table and the schema version."""
+    path = tmp_path / "empty.sqlite3"
+    path.touch()
+    s = Store(path)
+    await s.open()
+    await s.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert version == len(MIGRATIONS)
+    assert {
+        "outbox",
+        "transactions",
+        "site_list",
+        "charger_lists",
+        "charger_list_versions",
+        "auth_cache",
+        "chargers",
+        "connector_status",
+        "meta",
+    } <= tables
+    # Opening again is a no-op: nothing is migrated twice.
+    s = Store(path)
+    await s.open()
+    try:
+        assert (await s.pragmas())["user_version"] == len(MIGRATIONS)
+        assert await s.integrity_check() == "ok"
+    finally:
+        await s.close()
+
+
+async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
+    """A write to a store that is not open raises StoreError (the caller answers InternalError)."""
+    s = Store(tmp_path / "closed.sqlite3")
+    with pytest.raises(StoreError):
+        await s.append(item("CP1", 1))
+    await s.open()
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.append(item("CP1", 2))
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+async def test_concurrent_appends_are_durable_and_ordered_per_charger(tmp_path: Path) -> None:
+    """200 coroutines appending at once: all committed, per-charger order kept, commits grouped."""
+    path = tmp_path / "group.sqlite3"
+    s = Store(path)
+    await s.open()
+    commits: list[float] = []
+    s.on_commit = commits.append
+    per_writer = 5
+
+    async def writer(w: int) -> None:
+        for k in range(per_writer):
+            await s.append(item(f"CP{w % 20}", w * 100 + k, key=f"k{w}-{k}"))
+
+    try:
+        await asyncio.gather(*(writer(w) for w in range(200)))
+    finally:
+        await s.close()
+    total = 200 * per_writer
+    assert len(commits) < total / 4, f"{len(commits)} commits for {total} appends"
+
+    reopened = Store(path)
+    await reopened.open()
+    try:
+        rows = await reopened.outbox(limit=10 * total)
+        assert len(rows) == total
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+        for w in range(200):
+            ordered = [
+                r.message_id
+                for r in await reopened.outbox(f"CP{w % 20}", limit=total)
+                if int(r.message_id[1:]) // 100 == w
+            ]
+            assert ordered == [f"m{w * 100 + k}" for k in range(per_writer)]
+        assert await reopened.integrity_check() == "ok"
+    finally:
+        await reopened.close()
+
+
+async def test_dedupe_key_stores_a_message_once_per_charger(store: Store) -> None:
+    """The same dedupe key is stored once per charger; no key never deduplicates."""
+    await store.append(item("CP1", 1, key="K"))
+    await store.append(item("CP1", 2, key="K"))  # the charger's retry
+    await store.append(item("CP2", 3, key="K"))  # another charger
+    await store.append(item("CP1", 4, key=None))
+    await store.append(item("CP1", 5, key=None))
+    rows = await store.outbox()
+    assert [(r.identity, r.message_id) for r in rows] == [
+        ("CP1", "m1"),
+        ("CP2", "m3"),
+        ("CP1", "m4"),
+        ("CP1", "m5"),
+    ]
+    assert await store.outbox_depth("CP1") == 3
+    assert await store.depths() == {"CP1": 3, "CP2": 1}
+
+
+async def test_dead_letters_retry_and_drop_counts(store: Store) -> None:
+    """Dead letters are listed apart; retry and drop report how many they touched."""
+    for n in range(1, 5):
+        await store.append(item("CP1", n, key=f"k{n}"))
+    rows = await store.outbox("CP1")
+    for row in rows[:3]:
+        await store.refused(row.seq, 3, "InternalError", dead=True)
+    await store.refused(rows[3].seq, 1, "Timeout", dead=False)
+    dead = await store.outbox("CP1", state="dead")
+    assert [r.seq for r in dead] == [r.seq for r in rows[:3]]
+    assert all((r.attempts, r.last_error) == (3, "InternalError") for r in dead)
+    pending = await store.outbox("CP1")
+    assert [(r.seq, r.attempts, r.last_error) for r in pending] == [(rows[3].seq, 1, "Timeout")]
+    assert (await store.outbox_summary())["dead_letters"] == 3
+
+    assert await store.retry_dead(rows[0].seq) == 1
+    assert await store.retry_dead(rows[0].seq) == 0  # no longer dead
+    assert await store.retry_dead(10_000) == 0
+    retried = await store.outbox("CP1")
+    assert [r.seq for r in retried] == [rows[0].seq, rows[3].seq]  # back in seq order
+    assert retried[0].attempts == 0
+    assert await store.drop_dead(rows[1].seq) == 1
+    assert await store.drop_dead() == 1
+    assert await store.drop_dead() == 0
+    assert await store.outbox("CP1", state="dead") == []
+    assert await store.retry_dead() == 0
+
+
+async def test_delivered_removes_only_that_message(store: Store) -> None:
+    """A delivered message leaves the outbox; the others keep their order."""
+    for n in range(1, 4):
+        await store.append(item("CP1", n, key=f"k{n}"))
+    rows = await store.outbox("CP1")
+    await store.delivered(rows[1].seq)
+    assert [r.message_id for r in await store.outbox("CP1")] == ["m1", "m3"]
+
+
+# --------------------------------------------------------------------------- site list
+
+
+async def test_replace_site_list_is_all_or_nothing(store: Store) -> None:
+    """A site list replacement that fails part-way leaves the previous list whole."""
+    old = {
+        "OLD-1": AuthEntry(AuthStatus.Accepted),
+        "OLD-2": AuthEntry(AuthStatus.Blocked, datetime(2030, 1, 1, tzinfo=UTC), "P"),
+    }
+    await store.replace_site_list(old)
+    assert await store.load_site_list() == old
+    # A second connection makes the insert of one row fail in the middle of the batch.
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON site_list WHEN NEW.key = 'BAD'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    new = {
+        "NEW-1": AuthEntry(AuthStatus.Accepted),
+        "BAD": AuthEntry(AuthStatus.Accepted),
+        "NEW-2": AuthEntry(AuthStatus.Accepted),
+    }
+    with pytest.raises(StoreError):
+        await store.replace_site_list(new)
+    assert await store.load_site_list() == old
+    # The writer goes on: a later replacement commits.
+    del new["BAD"]
+    await store.replace_site_list(new)
+    assert await store.load_site_list() == new
+    await store.replace_site_list({})
+    assert await store.load_site_list() == {}
+
+
+# --------------------------------------------------------------------------- provisional ids
+
+
+async def test_provisional_ids_continue_after_reopening(tmp_path: Path) -> None:
+    """Provisional ids start at the reserved range and go on after a restart."""
+    path = tmp_path / "ids.sqlite3"
+    s = Store(path)
+    await s.open()
+    try:
+        first, status, _ = await s.start_transaction(new_tx("CP1", "a"), start_item("CP1", "a"))
+        second, _, _ = await s.start_transaction(new_tx("CP2", "b"), start_item("CP2", "b"))
+        again, _, _ = await s.start_transaction(new_tx("CP1", "a"), start_item("CP1", "a"))
+    finally:
+        await s.close()
+    assert (first, second, again, status) == (
+        PROVISIONAL_START,
+        PROVISIONAL_START + 1,
+        PROVISIONAL_START,
+        "Accepted",
+    )
+    s = Store(path)
+    await s.open()
+    try:
+        third, _, _ = await s.start_transaction(new_tx("CP1", "c"), start_item("CP1", "c"))
+        assert third == PROVISIONAL_START + 2
+        rows = await s.outbox()
+        assert [(r.action, r.tx_id) for r in rows] == [
+            ("StartTransaction", first),
+            ("StartTransaction", second),
+            ("StartTransaction", third),
+        ]
+    finally:
+        await s.close()
+
+
+async def test_provisional_ids_are_not_reused_after_mappings_are_purged(tmp_path: Path) -> None:
+    """R41: after delivered mappings are forgotten and the store reopens, ids still go on."""
+    path = tmp_path / "purge.sqlite3"
+    s = Store(path)
+    await s.open()
+    try:
+        used, _, _ = await s.start_transaction(new_tx("CP1", "a"), start_item("CP1", "a"))
+        await s.apply(s.map_transaction("CP1", used, 42), s.close_transaction("CP1", used))
+        await s.purge_mappings(time.time() + 1)  # the grace period has passed
+        assert await s.transactions_of("CP1") == []
+    finally:
+        await s.close()
+    s = Store(path)
+    await s.open()
+    try:
+        after, _, _ = await s.start_transaction(new_tx("CP1", "b"), start_item("CP1", "b"))
+    finally:
+        await s.close()
+    assert after > used, f"provisional id {after} handed out again after restart"
+
+
+# --------------------------------------------------------------------------- property
+
+
+_messages = st.lists(
+    st.tuples(
+        st.sampled_from(["CP1", "CP2", "CP3"]),
+        st.sampled_from(["StartTransaction", "MeterValues", "StopTransaction"]),
+        st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3", "k4"])),
+        st.text(max_size=30),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=_messages, chunk=st.integers(min_value=1, max_value=8))
+async def test_outbox_returns_what_was_appended_in_order_once(
+    messages: list[tuple[str, str, str | None, str]], chunk: int
+) -> None:
+    """Property: the outbox holds each appended message once (first per dedupe key), in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = Store(Path(tmp) / "p.sqlite3")
+        await s.open()
+        try:
+            items = [
+                OutboxItem(
+                    identity,
+                    action,
+                    f"id{n}",
+                    json.dumps([CALL, f"id{n}", action, {"text": text}]),
+                    n,
+                    key,
+                )
+                for n, (identity, action, key, text) in enumerate(messages)
+            ]
+            # Appended in groups of concurrent writers, in list order.
+            for start in range(0, len(items), chunk):
+                await asyncio.gather(*(s.append(i) for i in items[start : start + chunk]))
+            seen: set[tuple[str, str]] = set()
+            expected: list[OutboxItem] = []
+            for i in items:
+                if i.dedupe_key is not None:
+                    if (i.identity, i.dedupe_key) in seen:
+                        continue
+                    seen.add((i.identity, i.dedupe_key))
+                expected.append(i)
+            rows = await s.outbox(limit=1000)
+            got = [(r.identity, r.action, r.message_id, r.frame, r.tx_id) for r in rows]
+            assert got == [(i.identity, i.action, i.message_id, i.frame, i.tx_id) for i in expected]
+            for identity in ("CP1", "CP2", "CP3"):
+                mine = [r.message_id for r in await s.outbox(identity)]
+                assert mine == [i.message_id for i in expected if i.identity == identity]
+        finally:
+            await s.close()
+
+
+# --------------------------------------------------------------------------- F7
+
+
+def _call(message_id: str, action: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALL, message_id, action, payload], separators=(",", ":"))
+
+
+async def _send(raw: RawCharger, text: str, timeout: float = 10.0) -> list[Any]:
+    message_id = json.loads(text)[1]
+    await raw.send(text)
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await raw.recv_json(timeout)
+            if msg[0] != CALL and msg[1] == message_id:
+                return list(msg)
+
+
+async def test_locked_store_answers_internal_error_and_recovers(
+    controller_factory: ControllerFactory,
+) -> None:
+    """F7: while another connection holds the write lock, transaction calls get InternalError
+    within the busy timeout and nothing is acked; once released, the retries are stored once."""
+    busy_ms = 300
+    ctl = await controller_factory(
+        csms={"url": "ws://127.0.0.1:1"},
+        uplink={"reconnect_min": 0.1, "reconnect_max": 0.3, "reconnect_jitter": 0.05},
+        store={"busy_timeout_ms": busy_ms},
+        policy={"allow_offline_tx_for_unknown_id": True},
+    )
+    start = _call(
+        "s1",
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "CARD", "meterStart": 100, "timestamp": STAMP},
+    )
+    async with RawCharger(controller_url(ctl.listen_port), "CP1") as raw:
+        lock = sqlite3.connect(ctl.store.path, isolation_level=None, timeout=5)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            began = time.monotonic()
+            refused = await _send(raw, start)
+            took = time.monotonic() - began
+            assert refused[0] == CALLERROR, refused
+            assert refused[2] == "InternalError"
+            assert took < busy_ms / 1000 + 2.0
+            meter = _call(
+                "m1",
+                "MeterValues",
+                {
+                    "connectorId": 1,
+                    "meterValue": [{"timestamp": STAMP, "sampledValue": [{"value": "1"}]}],
+                },
+            )
+            refused_meter = await _send(raw, meter)
+            assert refused_meter[0] == CALLERROR
+            assert refused_meter[2] == "InternalError"
+            status = _call(
+                "n1",
+                "StatusNotification",
+                {"connectorId": 1, "errorCode": "NoError", "status": "Charging"},
+            )
+            refused_status = await _send(raw, status)
+            assert refused_status[0] == CALLERROR
+            assert refused_status[2] == "InternalError"
+            # Answers that need no write still come while the writer is locked out.
+            heartbeat = await _send(raw, _call("h1", "Heartbeat", {}))
+            assert heartbeat[0] == CALLRESULT
+            authorize = await _send(raw, _call("a1", "Authorize", {"idTag": "CARD"}))
+            assert authorize[0] == CALLRESULT
+            assert authorize[2]["idTagInfo"]["status"] == "Accepted"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert await ctl.store.outbox("CP1") == []  # nothing acked, nothing kept
+        assert await ctl.store.connector_statuses("CP1") == []
+
+        accepted = await _send(raw, start)  # the charger's retry, same frame
+        assert accepted[0] == CALLRESULT, accepted
+        tx_id = accepted[2]["transactionId"]
+        assert tx_id >= PROVISIONAL_START
+        again = await _send(raw, start)
+        assert again[2]["transactionId"] == tx_id
+        assert (await _send(raw, meter))[0] == CALLRESULT
+        assert (await _send(raw, status))[0] == CALLRESULT
+    rows = await ctl.store.outbox("CP1")
+    assert [(r.action, r.frame) for r in rows] == [
+        ("StartTransaction", start),
+        ("MeterValues", meter),
+    ]
+    assert rows[0].tx_id == tx_id
+    (kept,) = await ctl.store.connector_statuses("CP1")
+    assert (kept["status"], kept["frame"]) == ("Charging", status)
+    assert await ctl.store.integrity_check() == "ok"
