@@ -10,10 +10,15 @@ InternalError and will retry.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import fastjsonschema
+import ocpp
 import orjson
 from ocpp.messages import get_validator
 
@@ -43,14 +48,43 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=256)
+def _fast_validator(version: str, action: str) -> Callable[[Any], Any] | None:
+    """A compiled validator of a request schema of the ``ocpp`` package, or None.
+
+    Compiled code checks a MeterValues in about 8 us where the interpreted validator
+    takes about 140 us (the offline path answers thousands of these per second).
+    Defaults are not filled in and formats not checked: the request is stored as
+    received, and odd timestamps are kept, never refused (B25).
+    """
+    folder = "v" + version.replace(".", "")
+    name = action if version == "1.6" else f"{action}Request"
+    path = Path(ocpp.__file__).parent / folder / "schemas" / f"{name}.json"
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError:
+        return None
+    validate: Callable[[Any], Any] = fastjsonschema.compile(
+        schema, use_default=False, use_formats=False
+    )
+    return validate
+
+
 def schema_problem(
     dialect: Dialect, action: str, payload: dict[str, Any]
 ) -> tuple[ErrorKind, str] | None:
     """The first schema violation that stops the controller from answering, if any."""
-    try:
-        validator = get_validator(frames.CALL, action, _SCHEMA_VERSION[dialect.subprotocol])
-    except (OSError, KeyError, ValueError):
+    version = _SCHEMA_VERSION[dialect.subprotocol]
+    fast = _fast_validator(version, action)
+    if fast is None:
         return None
+    try:
+        fast(payload)
+    except fastjsonschema.JsonSchemaValueException:
+        pass  # look closer: some violations are kept rather than refused
+    else:
+        return None
+    validator = get_validator(frames.CALL, action, version)
     for err in validator.iter_errors(payload):
         validator_name = err.validator
         if validator_name == "additionalProperties":
