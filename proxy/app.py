@@ -133,14 +133,15 @@ class Controller:
         header = basic_header(session.identity, password)
         charger = self.settings.chargers.get(session.identity)
         configured_upstream = charger is not None and charger.csms_password is not None
-        if (
-            session.uplink_request is not None
-            and self.settings.csms.pass_authorization
-            and not configured_upstream
-        ):
+        sends_credentials = self.settings.csms.pass_authorization or configured_upstream
+        if session.uplink_request is not None and sends_credentials:
             session.uplink_request = dataclasses.replace(
                 session.uplink_request, authorization=header
             )
+        if configured_upstream:
+            # The CSMS no longer takes the configured password: this controller uses the
+            # new key until it restarts, and the settings must be updated.
+            self.gate.security_event("configured_csms_password_stale", charger=session.identity)
         await self.gate.learn(session.identity, header, "key_change")
         self.gate.security_event("credentials_changed", charger=session.identity)
 

@@ -28,7 +28,7 @@ from websockets.typing import Subprotocol
 from config.logging import get_logger
 from config.settings import Settings
 from policies.admission import Verdict, basic_header
-from proxy.gate import Gate, client_tls, server_tls
+from proxy.gate import Gate, certificate_cn, client_tls, server_tls
 from proxy.metrics import Metrics
 from proxy.replay import Replayer
 from proxy.router import Router, State
@@ -78,6 +78,7 @@ class _Handshake:
     subprotocol: str | None
     authorization: str | None = None
     user_agent: str | None = None
+    remote: str = "?"
 
 
 class ChargerServer:
@@ -102,6 +103,7 @@ class ChargerServer:
         self.gate = gate
         self.uplink_tls = client_tls(settings)
         self._per_ip: Counter[str] = Counter()
+        self._identity_locks: dict[str, asyncio.Lock] = {}
         self.sessions: dict[str, Session] = {}
         self._handshakes: dict[Any, _Handshake] = {}
         self._reaping: set[asyncio.Task[None]] = set()
@@ -124,7 +126,10 @@ class ChargerServer:
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             compression="deflate" if ls.compression else None,
-            ssl=server_tls(self.settings),
+            ssl=server_tls(
+                self.settings,
+                lambda reason: self.gate.security_event("tls_handshake_failed", reason=reason),
+            ),
             open_timeout=ls.open_timeout,
             ping_interval=ls.ping_interval or None,
             ping_timeout=ls.ping_timeout,
@@ -155,36 +160,68 @@ class ChargerServer:
         if identity is None:
             self.gate.security_event("bad_identity", path=repr(request.path[:100]))
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
+        remote = connection.remote_address[0] if connection.remote_address else "?"
+        cap = self.settings.listen.max_connections_per_ip
+        if cap and self._per_ip[remote] >= cap:
+            self.gate.security_event("ip_connection_cap", charger=identity, remote=remote)
+            return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Too many connections\n")
+        # The slot is held from here: released on a refusal, by the session's end, or
+        # by the reaper when the handshake never completes.
+        self._per_ip[remote] += 1
+        lock = self._identity_locks.setdefault(identity, asyncio.Lock())
+        try:
+            async with lock:
+                response = await self._handshake(connection, request, identity, remote)
+        except BaseException:
+            self._release(remote)
+            raise
+        finally:
+            if not lock.locked() and self._identity_locks.get(identity) is lock:
+                del self._identity_locks[identity]
+        if response is not None:
+            self._release(remote)
+        else:
+            asyncio.get_running_loop().call_later(
+                self.settings.listen.open_timeout + 1.0, self._reap, connection
+            )
+        return response
+
+    def _release(self, remote: str) -> None:
+        self._per_ip[remote] -= 1
+        if self._per_ip[remote] <= 0:
+            del self._per_ip[remote]
+
+    async def _handshake(
+        self, connection: ServerConnection, request: Request, identity: str, remote: str
+    ) -> Response | None:
+        """Decide one handshake (one at a time per identity); None accepts it."""
         offered = offered_subprotocols(request.headers)
         ours = [p for p in offered if p in SUPPORTED_SUBPROTOCOLS]
         log = self.log.bind(charger=identity)
         if not ours:
             # Completed without a subprotocol, then closed at once by the handler.
-            self._handshakes[connection] = _Handshake(identity, None, None)
+            self._handshakes[connection] = _Handshake(identity, None, None, remote=remote)
             self.gate.security_event(
                 "no_supported_subprotocol", charger=identity, offered=offered[:8]
             )
             return None
         authorization = request.headers.get("Authorization")
         user_agent = request.headers.get("User-Agent")
-        remote = connection.remote_address[0] if connection.remote_address else "?"
-        cap = self.settings.listen.max_connections_per_ip
-        if cap and self._per_ip[remote] >= cap:
-            self.gate.security_event("ip_connection_cap", charger=identity, remote=remote)
-            return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Too many connections\n")
         peercert = None
         if connection.transport is not None:
             peercert = connection.transport.get_extra_info("peercert")
         version = "ocpp1.6" if "ocpp1.6" in ours else ours[0]
-        verdict, registered = await self.gate.decide(
-            identity, authorization, version, peercert, remote
-        )
-        if verdict is Verdict.REFUSE:
+        decision = await self.gate.decide(identity, authorization, version, peercert, remote)
+        if decision.verdict is Verdict.REFUSE:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
-        if verdict is Verdict.UNAUTHORIZED:
-            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-            response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
-            return response
+        if decision.verdict is Verdict.UNAUTHORIZED:
+            return self._unauthorized(connection)
+        # One uplink per identity at a time: a checked newcomer replaces the old session
+        # before its uplink opens. Credentials only the CSMS can check must pass the CSMS
+        # first, so that an impostor cannot evict the charger.
+        unchecked = decision.verdict is Verdict.ASK_CSMS and authorization is not None
+        if not unchecked:
+            await self._evict(identity, log)
         upstream_auth = self._upstream_authorization(identity, authorization)
         try:
             await self.limiter.acquire()
@@ -203,30 +240,50 @@ class ChargerServer:
                 return connection.respond(
                     http.HTTPStatus.BAD_GATEWAY, "CSMS unreachable, try again later\n"
                 )
-            if not registered and self.settings.offline.unknown_charger == "reject":
+            if decision.refuse_offline:
+                await self.gate.unauthorized_offline(identity, remote)
+                return self._unauthorized(connection)
+            if not decision.registered and self.settings.offline.unknown_charger == "reject":
                 self.gate.security_event(
                     "unknown_identity_offline", charger=identity, remote=remote
                 )
                 return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charger identity\n")
             log.info("uplink_unavailable", error=str(exc))
+            if unchecked:
+                await self._evict(identity, log)
             chosen = next(p for p in SUPPORTED_SUBPROTOCOLS if p in ours)
             self._handshakes[connection] = _Handshake(
-                identity, None, chosen, upstream_auth, user_agent
+                identity, None, chosen, upstream_auth, user_agent, remote
             )
             return None
-        if verdict is Verdict.ASK_CSMS and authorization is not None:
+        if decision.verdict is Verdict.ASK_CSMS and authorization is not None:
             # The CSMS accepted these credentials: keep a hash for the next outage.
             try:
                 await self.gate.learn(identity, authorization, "csms_accepted")
             except StoreError as exc:
                 log.error("credential_not_kept", error=str(exc))
         self._handshakes[connection] = _Handshake(
-            identity, uplink, uplink.subprotocol, upstream_auth, user_agent
-        )
-        asyncio.get_running_loop().call_later(
-            self.settings.listen.open_timeout + 1.0, self._reap, connection
+            identity, uplink, uplink.subprotocol, upstream_auth, user_agent, remote
         )
         return None
+
+    @staticmethod
+    def _unauthorized(connection: ServerConnection) -> Response:
+        response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
+        return response
+
+    async def _evict(self, identity: str, log: Any) -> None:
+        """Close the session an identity already has (1008), uplink included."""
+        old = self.sessions.get(identity)
+        if old is None:
+            return
+        log.warning("charger_replaced")
+        with contextlib.suppress(Exception):
+            await old.charger.close(1008, "replaced by a newer connection")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.csms.open_timeout):
+                await old.closed.wait()
 
     def _upstream_authorization(self, identity: str, authorization: str | None) -> str | None:
         """The Authorization header of the uplink: configured credentials, else the
@@ -239,6 +296,8 @@ class ChargerServer:
     def _reap(self, connection: ServerConnection) -> None:
         """Close the uplink of a handshake that never reached its session."""
         hs = self._handshakes.pop(connection, None)
+        if hs is not None:
+            self._release(hs.remote)
         if hs is not None and hs.uplink is not None:
             self.log.info("uplink_reaped", charger=hs.identity)
             task = asyncio.get_running_loop().create_task(hs.uplink.close(1001))
@@ -275,6 +334,12 @@ class ChargerServer:
         if hs is None:  # pragma: no cover - the handshake always records itself
             await connection.close(1011, "internal error")
             return
+        try:
+            await self._serve_session(connection, hs)
+        finally:
+            self._release(hs.remote)
+
+    async def _serve_session(self, connection: ServerConnection, hs: _Handshake) -> None:
         if connection.subprotocol is None:
             if hs.uplink is not None:
                 await hs.uplink.close(1000)
@@ -309,16 +374,16 @@ class ChargerServer:
             )
             if serves
             else None,
+            serial_cn=self._serial_cn(connection),
         )
         if self.replayer is not None:
             await self.replayer.attach(session)
             if hs.uplink is not None and await self._has_backlog(hs.identity):
                 router.uplink_back(draining=True)
-        remote = connection.remote_address[0] if connection.remote_address else "?"
-        self._per_ip[remote] += 1
         old = self.sessions.get(hs.identity)
         self.sessions[hs.identity] = session
         if old is not None:
+            # An unchecked newcomer the CSMS has now accepted: the old session goes.
             log.warning("charger_replaced")
             with contextlib.suppress(Exception):
                 await old.charger.close(1008, "replaced by a newer connection")
@@ -328,8 +393,13 @@ class ChargerServer:
         try:
             await session.run()
         finally:
-            self._per_ip[remote] -= 1
-            if self._per_ip[remote] <= 0:
-                del self._per_ip[remote]
             if self.sessions.get(hs.identity) is session:
                 del self.sessions[hs.identity]
+
+    def _serial_cn(self, connection: ServerConnection) -> str | None:
+        """Profile 3 with ``cn_match = "serial"``: the certificate CN the charger's
+        BootNotification serial number must be found in."""
+        ls = self.settings.listen
+        if ls.security_profile != 3 or ls.cn_match != "serial" or connection.transport is None:
+            return None
+        return certificate_cn(connection.transport.get_extra_info("peercert")) or ""

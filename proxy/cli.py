@@ -10,12 +10,15 @@ import asyncio
 import json
 import sqlite3
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from config.settings import Settings, SettingsError, load_settings
+from policies.authorization import AuthEntry
 from policies.local_list import ListFormatError, format_csv, parse_csv
 from proxy.store import Store, StoreError
 
@@ -91,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "is printed at the start; the last line compares what the chargers were answered "
         "with what the CSMS received.",
         epilog="Exit codes: 0 nothing lost; 1 a message answered to a charger never reached "
-        "the CSMS; 2 usage error.",
+        "the CSMS, or the demonstration could not run; 2 usage error; 130 interrupted.",
     )
     demo.add_argument(
         "--chargers", type=_positive_int, default=5, metavar="N", help="simulated chargers (5)"
@@ -151,25 +154,153 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]
         await store.close()
 
 
+#: Rows above which ``local-list import`` reports its progress on standard error.
+PROGRESS_ROWS = 5000
+#: Rows checked at a time when the progress is reported.
+_CHUNK_ROWS = 2000
+
+
+class Progress:
+    """The progress of a long step on standard error.
+
+    On a terminal: one line rewritten in place (``\\r``) with a bar, at most ten times a
+    second. Otherwise (a log file, a pipe): one plain line at every tenth of the work.
+    """
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self._shown = -1.0
+        self._tenth = 0
+        self._open = False
+
+    def update(self, done: int, unit: str = "rows") -> None:
+        fraction = min(done / self.total, 1.0)
+        if self.tty:
+            now = time.monotonic()
+            if now - self._shown < 0.1 and fraction < 1.0:
+                return
+            self._shown = now
+            filled = int(fraction * 30)
+            bar = "#" * filled + "-" * (30 - filled)
+            self.stream.write(
+                f"\r{self.label} [{bar}] {fraction:4.0%} {done:,}/{self.total:,} {unit}"
+            )
+            self._open = True
+        else:
+            tenth = int(fraction * 10)
+            if tenth <= self._tenth:
+                return
+            self._tenth = tenth
+            self.stream.write(f"{self.label}: {fraction:.0%} ({done:,} of {self.total:,} {unit})\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own (the bar, if shown, ends first)."""
+        self.end()
+        self.stream.write(f"{self.label}: {text}\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def parse_csv_with_progress(text: str, progress: Callable[[int], None]) -> dict[str, AuthEntry]:
+    """:func:`~policies.local_list.parse_csv` of a large file, ``progress(rows)`` after
+    each chunk of rows.
+
+    The rows are checked in chunks, each under the file's header. Every valid row is one
+    line (no valid field holds a line break), so the chunks' entries together are the
+    file's. On any error the whole file is parsed again as one, so that the error and its
+    line number are exactly those of :func:`parse_csv`.
+    """
+    body = text.removeprefix("\ufeff")
+    cut = body.find("\n") + 1
+    if cut == 0:
+        return parse_csv(text)
+    header = body[:cut]
+    entries: dict[str, AuthEntry] = {}
+    done = 0
+    try:
+        while cut < len(body):
+            end = cut
+            rows = 0
+            while rows < _CHUNK_ROWS and end < len(body):
+                found = body.find("\n", end)
+                end = len(body) if found < 0 else found + 1
+                rows += 1
+            chunk = parse_csv(header + body[cut:end])
+            if not chunk.keys().isdisjoint(entries):
+                raise ListFormatError(0, "a duplicate across chunks")
+            entries.update(chunk)
+            done += rows
+            progress(done)
+            cut = end
+    except ListFormatError:
+        return parse_csv(text)
+    return entries
+
+
+async def _replace_site_list(
+    store: Store, entries: dict[str, AuthEntry], progress: Progress | None
+) -> None:
+    """Replace the site list (one transaction); on a terminal, the seconds it takes."""
+    if progress is None or not progress.tty:
+        await store.replace_site_list(entries)
+        return
+    started = time.monotonic()
+    task = asyncio.ensure_future(store.replace_site_list(entries))
+    while not task.done():
+        progress.stream.write(
+            f"\r{progress.label}: writing {len(entries):,} entries to the store "
+            f"({time.monotonic() - started:.1f} s)"
+        )
+        progress.stream.flush()
+        await asyncio.wait({task}, timeout=0.2)
+    progress.stream.write("\n")
+    progress.stream.flush()
+    await task
+
+
+def _import_site_list(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        print(f"ocpp-lc: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    rows = text.count("\n") - 1 + (not text.endswith("\n"))  # after the header
+    progress = Progress(f"ocpp-lc: importing {args.file}", rows) if rows > PROGRESS_ROWS else None
+    try:
+        if progress is None:
+            entries = parse_csv(text)
+        else:
+            entries = parse_csv_with_progress(text, progress.update)
+            progress.end()
+    except ListFormatError as exc:
+        if progress is not None:
+            progress.end()
+        print(f"ocpp-lc: {args.file}: {exc}; nothing imported", file=sys.stderr)
+        return EXIT_FAILURE
+    if progress is not None and not progress.tty:
+        progress.note(f"writing {len(entries):,} entries to the store")
+
+    async def replace(store: Store) -> int:
+        await _replace_site_list(store, entries, progress)
+        return EXIT_OK
+
+    code = asyncio.run(_with_store(settings, replace))
+    print(f"imported {len(entries)} entries from {args.file}")
+    return code
+
+
 def _local_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.ll_command == "import":
-        try:
-            text = Path(args.file).read_text(encoding="utf-8-sig")
-            entries = parse_csv(text)
-        except OSError as exc:
-            print(f"ocpp-lc: cannot read {args.file}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        except ListFormatError as exc:
-            print(f"ocpp-lc: {args.file}: {exc}; nothing imported", file=sys.stderr)
-            return EXIT_FAILURE
-
-        async def replace(store: Store) -> int:
-            await store.replace_site_list(entries)
-            return EXIT_OK
-
-        code = asyncio.run(_with_store(settings, replace))
-        print(f"imported {len(entries)} entries from {args.file}")
-        return code
+        return _import_site_list(args, settings)
 
     out: list[str] = []
 

@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import os
 import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
@@ -29,13 +31,33 @@ from proxy.metrics import Metrics
 from proxy.store import Store, StoreError
 
 
-def server_tls(settings: Settings) -> ssl.SSLContext | None:
+def _tls_failure_recorder(on_failure: Callable[[str], None]) -> type[ssl.SSLObject]:
+    """An SSLObject class that reports failed TLS handshakes (asyncio drops them)."""
+
+    class _Recording(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as exc:
+                on_failure(str(exc.reason or type(exc).__name__))
+                raise
+
+    return _Recording
+
+
+def server_tls(
+    settings: Settings, on_failure: Callable[[str], None] | None = None
+) -> ssl.SSLContext | None:
     """The TLS context of the charger-facing server for profiles 2 and 3."""
     ls = settings.listen
     if ls.security_profile < 2:
         return None
     assert ls.tls_cert is not None and ls.tls_key is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if on_failure is not None:
+        ctx.sslobject_class = _tls_failure_recorder(on_failure)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(ls.tls_cert, ls.tls_key)
     if ls.security_profile == 3:
@@ -68,6 +90,15 @@ def certificate_cn(peercert: dict[str, Any] | None) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    #: The identity is in the settings or was accepted by the CSMS before.
+    registered: bool
+    #: Answer 401 if the CSMS cannot be asked (credentials only it can check).
+    refuse_offline: bool = False
 
 
 class Gate:
@@ -104,6 +135,9 @@ class Gate:
     async def credential(self, identity: str) -> Credential | None:
         """The hash to check a charger's password against: one the CSMS set since
         (a key change), else the configured one, else one learned from the CSMS."""
+        return (await self._credential(identity))[0]
+
+    async def _credential(self, identity: str) -> tuple[Credential | None, str | None]:
         try:
             stored = await self.store.credential(identity)
         except StoreError:
@@ -111,10 +145,10 @@ class Gate:
         configured = self._configured.get(identity)
         if stored is not None and (configured is None or stored[1] == "key_change"):
             try:
-                return Credential.from_text(stored[0])
+                return Credential.from_text(stored[0]), stored[1]
             except ValueError:
-                return configured
-        return configured
+                pass
+        return configured, "configured" if configured is not None else None
 
     async def _check(
         self, identity: str, password: bytes, credential: Credential, version: str
@@ -135,9 +169,8 @@ class Gate:
         version: str,
         peercert: dict[str, Any] | None,
         remote: str,
-    ) -> tuple[Verdict, bool]:
-        """The verdict for one handshake, and whether the identity is registered (a
-        refusal is logged as a security event)."""
+    ) -> Decision:
+        """The verdict for one handshake (a refusal is logged as a security event)."""
         profile = self.settings.listen.security_profile
         if profile == 3 and self.settings.listen.cn_match == "identity":
             cn = certificate_cn(peercert)
@@ -145,10 +178,13 @@ class Gate:
                 self.security_event(
                     "certificate_identity_mismatch", charger=identity, remote=remote
                 )
-                return Verdict.UNAUTHORIZED, False
+                await asyncio.sleep(self.settings.listen.auth_failure_delay)
+                return Decision(Verdict.UNAUTHORIZED, registered=False)
         registered = await self.registered(identity)
         credentials = parse_basic(authorization)
-        credential = await self.credential(identity) if profile in (1, 2) else None
+        credential, source = (None, None)
+        if profile in (1, 2):
+            credential, source = await self._credential(identity)
         password_ok: bool | None = None
         if credentials is not None and credential is not None and credentials[0] == identity:
             password_ok = await self._check(identity, credentials[1], credential, version)
@@ -161,13 +197,22 @@ class Gate:
             credential=credential,
             password_ok=password_ok,
         )
+        if verdict is Verdict.UNAUTHORIZED and password_ok is False and source == "csms_accepted":
+            # A hash learned from the CSMS only stands in for it while it is down: while
+            # it is up, it decides (the charger may have been re-keyed or replaced).
+            return Decision(Verdict.ASK_CSMS, registered, refuse_offline=True)
         if verdict is Verdict.REFUSE:
             self.security_event("unknown_identity", charger=identity, remote=remote)
         elif verdict is Verdict.UNAUTHORIZED:
             reason = "missing_credentials" if credentials is None else "wrong_credentials"
             self.security_event(reason, charger=identity, remote=remote)
             await asyncio.sleep(self.settings.listen.auth_failure_delay)
-        return verdict, registered
+        return Decision(verdict, registered)
+
+    async def unauthorized_offline(self, identity: str, remote: str) -> None:
+        """Credentials only the CSMS could check, while it cannot be asked."""
+        self.security_event("unverifiable_credentials_offline", charger=identity, remote=remote)
+        await asyncio.sleep(self.settings.listen.auth_failure_delay)
 
     async def learn(self, identity: str, authorization: str | None, source: str) -> None:
         """Keep a hash of Basic credentials the CSMS accepted, or of a key it set

@@ -24,7 +24,8 @@ from websockets.exceptions import ConnectionClosed
 
 from config.settings import CsmsSettings, UplinkSettings
 from proxy.crashpoints import ARMED, crashpoint
-from proxy.frames import Call, CallError, CallResult
+from proxy.frames import Call, CallError, CallResult, FrameError
+from proxy.frames import parse as parse_frame
 from proxy.metrics import Metrics
 from proxy.router import (
     Answer,
@@ -136,6 +137,7 @@ class Session:
         reconnect: Reconnect | None = None,
         on_own_result: Callable[[OwnResult], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
+        serial_cn: str | None = None,
     ) -> None:
         self.identity = identity
         self.charger = charger
@@ -166,6 +168,10 @@ class Session:
         self._own_waiters: dict[str, asyncio.Future[CallResult | CallError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: Set once the charger and the uplink are both closed.
+        self.closed = asyncio.Event()
+        #: Profile 3 by serial number: the certificate CN the serial must be found in.
+        self._serial_cn = serial_cn
 
     @property
     def subprotocol(self) -> str:
@@ -209,18 +215,56 @@ class Session:
             if uplink is not None:
                 code = relay_close_code(self.charger.close_code)
                 await uplink.close(code, self.charger.close_reason or "")
+            self._note_protocol_close()
             self.log.info(
                 "charger_disconnected",
                 code=self.charger.close_code,
                 reason=self.charger.close_reason,
             )
+            self.closed.set()
+
+    def _note_protocol_close(self) -> None:
+        """Count a charger closed for an oversized frame (1009) or bad UTF-8 (1007)."""
+        sent = getattr(self.charger.protocol, "close_sent", None)
+        code = getattr(sent, "code", None)
+        event = {1009: "oversized_frame", 1007: "invalid_utf8"}.get(code or 0)
+        if event is not None:
+            self.metrics.security_events[event] += 1
+            self.log.warning("security_event", security_event=event)
 
     async def _charger_loop(self) -> None:
         router = self.router
         clock = self._clock
         with contextlib.suppress(ConnectionClosed):
             async for message in self.charger:
+                if self._serial_cn is not None and not await self._serial_ok(message):
+                    return
                 await self._apply(router.charger_frame(message, clock()))
+
+    async def _serial_ok(self, message: str | bytes) -> bool:
+        """Profile 3 by serial number: a BootNotification whose serial number is not in
+        the certificate's CN closes the connection (2.0.1 B01.FR.12)."""
+        if not isinstance(message, str) or '"BootNotification"' not in message:
+            return True
+        try:
+            frame = parse_frame(message)
+        except FrameError:
+            return True
+        if not isinstance(frame, Call) or frame.action != "BootNotification":
+            return True
+        payload = frame.payload if isinstance(frame.payload, dict) else {}
+        station = payload.get("chargingStation")
+        serial = (
+            station.get("serialNumber")
+            if isinstance(station, dict)
+            else payload.get("chargePointSerialNumber")
+        )
+        if isinstance(serial, str) and serial and serial in (self._serial_cn or ""):
+            return True
+        self.metrics.security_events["certificate_serial_mismatch"] += 1
+        self.log.warning("security_event", security_event="certificate_serial_mismatch")
+        await self.charger.close(1008, "serial number does not match the certificate")
+        return False
 
     async def _uplink_loop(self, uplink: ClientConnection) -> None:
         router = self.router

@@ -1049,8 +1049,8 @@ async def test_newer_connection_replaces_the_older_with_one_uplink_at_a_time(
 async def test_unauthenticated_second_connection_does_not_evict_the_first(
     csms: CsmsPeer, controller_factory: ControllerFactory
 ) -> None:
-    """F8: a second connection with a wrong password (or none) gets 401, one the CSMS
-    refuses gets the CSMS's status, and the live session goes on undisturbed."""
+    """F8: a second connection with a wrong password (or none) gets 401 and the live
+    session goes on undisturbed."""
     ctl = await controller_factory(
         listen={"security_profile": 1, **FAST_401}, chargers={"CP-F8": {"password": OLD_KEY}}
     )
@@ -1061,15 +1061,30 @@ async def test_unauthenticated_second_connection_does_not_evict_the_first(
         assert (await refused_status(ctl.listen_port, "CP-F8", bad)).status_code == 401
         assert (await refused_status(ctl.listen_port, "CP-F8")).status_code == 401
         await heartbeat(first)
-        # Right password, but the CSMS refuses this second handshake: still no eviction.
+        assert first.ws.close_code is None
+    assert len(csms.history["CP-F8"]) == 1
+    assert heartbeats_at_csms(csms, "CP-F8") == 2
+
+
+async def test_checked_newcomer_replaces_before_its_uplink_opens(
+    csms: CsmsPeer, controller_factory: ControllerFactory
+) -> None:
+    """F8, documented rule: a newcomer whose password the controller checked replaces the
+    old session before its own uplink opens (one uplink per identity at a time), even
+    if the CSMS then refuses the newcomer."""
+    ctl = await controller_factory(
+        listen={"security_profile": 1, **FAST_401}, chargers={"CP-F8": {"password": OLD_KEY}}
+    )
+    url = controller_url(ctl.listen_port)
+    async with RawCharger(url, "CP-F8", headers=basic("CP-F8", OLD_KEY)) as first:
+        await heartbeat(first)
         csms.refusals["CP-F8"] = 403
         good = basic("CP-F8", OLD_KEY)
         assert (await refused_status(ctl.listen_port, "CP-F8", good)).status_code == 403
         del csms.refusals["CP-F8"]
-        await heartbeat(first)
-        assert first.ws.close_code is None
-    assert len(csms.history["CP-F8"]) == 1
-    assert heartbeats_at_csms(csms, "CP-F8") == 3
+        await first.wait_closed()
+        assert first.ws.close_code == 1008
+    assert csms.violations == []
 
 
 async def test_per_ip_connection_cap_gives_429(

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import WebSocketException
+
 from config.logging import setup_logging
 from config.settings import LogSettings, load_settings
 from proxy.app import Controller
@@ -40,9 +42,10 @@ from proxy.demo.chargers import DemoCharger
 from proxy.demo.csms import DemoCsms
 from proxy.router import State
 
-__all__ = ["Figures", "Options", "figures", "run_demo"]
+__all__ = ["Figures", "Options", "demonstrate", "figures", "run_demo"]
 
 EXIT_OK = 0
+#: Something was lost, or the demonstration could not run.
 EXIT_LOST = 1
 EXIT_INTERRUPTED = 130
 
@@ -222,7 +225,9 @@ class _Demo:
         return sum(n for (_, result), n in replayed.items() if result == "delivered")
 
     async def stored(self) -> int:
-        return await self.controller.store.outbox_count()
+        """Messages of the demo chargers waiting in the outbox."""
+        store = self.controller.store
+        return sum([await store.outbox_count(c.identity) for c in self.chargers])
 
     def drained(self) -> bool:
         sessions = self.controller.chargers.sessions
@@ -275,9 +280,14 @@ class _Demo:
         ]
         for charger in self.chargers:
             stack.push_async_callback(charger.close)
-        await asyncio.gather(*(c.connect() for c in self.chargers))
-        await asyncio.gather(*(c.boot() for c in self.chargers))
+        try:
+            await asyncio.gather(*(c.connect() for c in self.chargers))
+            await asyncio.gather(*(c.boot() for c in self.chargers))
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            self.out(f"demo: the chargers could not connect and boot: {type(exc).__name__}: {exc}")
+            return EXIT_LOST
         sessions = [asyncio.create_task(self._drive(c)) for c in self.chargers]
+        stack.push_async_callback(_cancel, sessions)
         self.say(
             f"online: {o.chargers} OCPP 1.6 chargers booted through the controller; "
             "their sessions pass through to the CSMS unchanged"
@@ -349,8 +359,8 @@ class _Demo:
                 self.say(f"replaying: {now[0]} delivered to the CSMS, {now[1]} still stored")
                 last = now
 
-    async def _wait_drained(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
+    async def _wait_drained(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
         last_report = 0.0
         while time.monotonic() < end:
             if self.drained() and await self.stored() == 0:
@@ -390,22 +400,29 @@ class _Demo:
                 loop.remove_signal_handler(sig)
 
 
-async def _main(options: Options, out: Callable[[str], None]) -> int:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def demonstrate(options: Options, out: Callable[[str], None] = _print) -> int:
+    """The demonstration, in the running event loop; its exit status."""
     demo = _Demo(options, out)
     with tempfile.TemporaryDirectory(prefix="ocpp-lc-demo-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
             return await demo.run(stack, Path(tmp))
 
 
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
 def run_demo(options: Options, out: Callable[[str], None] = _print) -> int:
     """Run the demonstration; its exit status (0: nothing lost)."""
     setup_logging(LogSettings(level="INFO" if options.verbose else "WARNING", format="console"))
     try:
-        return asyncio.run(_main(options, out))
+        return asyncio.run(demonstrate(options, out))
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
