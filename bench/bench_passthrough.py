@@ -336,6 +336,12 @@ def summarize(runs: list[tuple[dict[str, Any], dict[str, Any]]], hop: str | None
         key = "hop" if k == hop else k
         out[f"{key}_us_per_call"] = med([sw["cpu_us_per_call"][k] for _, sw in runs])
         out[f"{key}_cpu_pct"] = med([sw["cpu_pct"][k] for _, sw in runs])
+    if hop:
+        # the hop's CPU per call relative to the server's in the same window: steadier
+        # than absolute figures when the machine's speed varies
+        out["hop_per_server_cpu"] = med(
+            [sw["cpu_us_per_call"][hop] / sw["cpu_us_per_call"]["server"] for _, sw in runs]
+        )
     return out
 
 
@@ -392,6 +398,7 @@ def report(
                         m["sat_p99_us"],
                         m["server_us_per_call"],
                         m.get("hop_us_per_call", "-"),
+                        m.get("hop_per_server_cpu", "-"),
                         m["client_us_per_call"],
                         m["server_cpu_pct"],
                         m.get("hop_cpu_pct", "-"),
@@ -411,6 +418,7 @@ def report(
             "sat p99us",
             "server us/call",
             "hop us/call",
+            "hop/server cpu",
             "client us/call",
             "server cpu%",
             "hop cpu%",

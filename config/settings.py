@@ -47,12 +47,15 @@ class _Section(BaseModel):
 class ListenSettings(_Section):
     """The charger-facing WebSocket server."""
 
+    #: Address the charger server listens on (all interfaces by default).
     host: str = "0.0.0.0"  # noqa: S104 - chargers reach the controller over the site LAN
+    #: TCP port chargers connect to (0: any free port).
     port: int = Field(default=9000, ge=0, le=65535)
     #: Seconds allowed for a charger's opening handshake (slowloris guard).
     open_timeout: float = Field(default=10.0, gt=0)
     #: WebSocket ping period towards chargers in seconds; 0 disables pings.
     ping_interval: float = Field(default=30.0, ge=0)
+    #: Seconds a ping may stay unanswered before the charger's connection is closed.
     ping_timeout: float = Field(default=30.0, gt=0)
     #: Largest frame accepted from a charger, in bytes, after decompression.
     max_message_size: int = Field(default=1024 * 1024, ge=1024)
@@ -62,8 +65,9 @@ class ListenSettings(_Section):
     max_queued_calls: int = Field(default=10, ge=0)
     #: OCPP security profile: 0 none, 1 Basic over ws, 2 TLS + Basic, 3 mutual TLS.
     security_profile: Literal[0, 1, 2, 3] = 0
-    #: The controller's certificate and key (PEM) for profiles 2 and 3.
+    #: The controller's certificate chain (PEM) for profiles 2 and 3.
     tls_cert: Path | None = None
+    #: The private key (PEM) of ``tls_cert``.
     tls_key: Path | None = None
     #: CA bundle (PEM) that charger certificates must chain to (profile 3).
     client_ca: Path | None = None
@@ -87,10 +91,16 @@ class ListenSettings(_Section):
 class CsmsSettings(_Section):
     """The uplink: one connection per charger to ``<url>/<identity>``."""
 
+    #: The CSMS's OCPP-J base URL (``ws://`` or ``wss://``); each charger's uplink goes to
+    #: ``<url>/<identity>``.
     url: str = "ws://127.0.0.1:9100/ocpp"
+    #: Seconds allowed for an uplink's opening handshake.
     open_timeout: float = Field(default=10.0, gt=0)
+    #: WebSocket ping period towards the CSMS in seconds; 0 disables pings.
     ping_interval: float = Field(default=30.0, ge=0)
+    #: Seconds a ping may stay unanswered before the uplink counts as lost.
     ping_timeout: float = Field(default=30.0, gt=0)
+    #: Largest frame accepted from the CSMS, in bytes, after decompression.
     max_message_size: int = Field(default=1024 * 1024, ge=1024)
     #: Pass the charger's Authorization header on to the CSMS.
     pass_authorization: bool = True
@@ -101,8 +111,9 @@ class CsmsSettings(_Section):
     #: CA bundle (PEM) the CSMS certificate is verified against (wss://); default: the
     #: system's trust store.
     ca_bundle: Path | None = None
-    #: The controller's own client certificate and key (PEM) for a profile 3 CSMS.
+    #: The controller's own client certificate (PEM) for a profile 3 CSMS.
     client_cert: Path | None = None
+    #: The private key (PEM) of ``client_cert``.
     client_key: Path | None = None
 
     @field_validator("url")
@@ -118,15 +129,20 @@ class UplinkSettings(_Section):
 
     #: Uplinks the controller opens per second at most, site-wide (no stampede).
     max_connects_per_second: float = Field(default=50.0, gt=0)
-    #: Reconnect back-off of each uplink: first wait, cap, random jitter added (s).
+    #: Seconds before a lost uplink's first reconnect attempt; the wait doubles after
+    #: each failed attempt ...
     reconnect_min: float = Field(default=1.0, gt=0)
+    #: ... up to this many seconds ...
     reconnect_max: float = Field(default=60.0, gt=0)
+    #: ... plus up to this many seconds at random, so that uplinks do not retry in step.
     reconnect_jitter: float = Field(default=2.0, ge=0)
 
 
 class StoreSettings(_Section):
     """The embedded SQLite store."""
 
+    #: The SQLite file (WAL: its ``-wal`` and ``-shm`` files lie beside it); keep it on a
+    #: local disk.
     path: Path = Path("data/ocpp-lc.sqlite3")
     #: Milliseconds a writer waits for a lock before the call gets InternalError.
     busy_timeout_ms: int = Field(default=2000, ge=0)
@@ -135,12 +151,17 @@ class StoreSettings(_Section):
 class AdminSettings(_Section):
     """The admin HTTP server: health, readiness, API, metrics."""
 
+    #: Address the admin server listens on; any address but loopback requires ``token``.
     host: str = "127.0.0.1"
+    #: TCP port of the admin server (0: any free port).
     port: int = Field(default=9200, ge=0, le=65535)
+    #: The admin API's token: ``Authorization: Bearer <token>``, or the password of HTTP
+    #: Basic; required when ``host`` is not loopback.
     token: SecretStr | None = None
 
 
 class LogSettings(_Section):
+    #: The lowest level logged (case-insensitive).
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``auto``: JSON lines unless standard error is a terminal.
     format: Literal["auto", "json", "console"] = "auto"
@@ -199,9 +220,13 @@ class ReplaySettings(_Section):
 class ChargerPolicySettings(_Section):
     """A charger's overrides of the site policy (``[chargers.<identity>.policy]``)."""
 
+    #: This charger's ``policy.stop_transaction_on_invalid_id`` (unset: the site's).
     stop_transaction_on_invalid_id: bool | None = None
+    #: This charger's ``policy.max_energy_on_invalid_id`` (unset: the site's).
     max_energy_on_invalid_id: int | None = Field(default=None, ge=0)
+    #: This charger's ``policy.transaction_message_attempts`` (unset: the site's).
     transaction_message_attempts: int | None = Field(default=None, ge=1)
+    #: This charger's ``policy.transaction_message_retry_interval`` (unset: the site's).
     transaction_message_retry_interval: float | None = Field(default=None, ge=0)
 
 
