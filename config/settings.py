@@ -127,8 +127,9 @@ class CsmsSettings(_Section):
 class UplinkSettings(_Section):
     """How lost uplinks come back."""
 
-    #: Uplinks the controller opens per second at most, site-wide (no stampede).
-    max_connects_per_second: float = Field(default=50.0, gt=0)
+    #: Uplinks the controller opens per second at most, site-wide (no stampede); a
+    #: charger whose turn is more than 2 s away is served offline until its uplink opens.
+    max_connects_per_second: float = Field(default=100.0, gt=0)
     #: Seconds before a lost uplink's first reconnect attempt; the wait doubles after
     #: each failed attempt ...
     reconnect_min: float = Field(default=1.0, gt=0)

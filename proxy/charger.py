@@ -224,7 +224,12 @@ class ChargerServer:
             await self._evict(identity, log)
         upstream_auth = self._upstream_authorization(identity, authorization)
         try:
-            await self.limiter.acquire()
+            # A burst of chargers (a controller restart) must not outwait its handshake
+            # timeout behind the connect rate: past a short wait it is served offline,
+            # and its uplink opens later, at the rate.
+            budget = min(2.0, self.settings.listen.open_timeout / 2)
+            if not await self.limiter.acquire(max_wait=budget):
+                raise UplinkUnavailable("uplink deferred: connect rate reached")
             uplink = await open_uplink(
                 self.settings.csms,
                 UplinkRequest(identity, tuple(ours), upstream_auth, user_agent),

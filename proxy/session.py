@@ -100,13 +100,18 @@ class ConnectLimiter:
         self._interval = 1.0 / rate
         self._next = 0.0
 
-    async def acquire(self) -> None:
+    async def acquire(self, max_wait: float | None = None) -> bool:
+        """Wait for the next opening slot; False (no slot taken) if it is further away
+        than ``max_wait`` seconds."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         slot = max(now, self._next)
+        if max_wait is not None and slot - now > max_wait:
+            return False
         self._next = slot + self._interval
         if slot > now:
             await asyncio.sleep(slot - now)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
