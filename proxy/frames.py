@@ -58,7 +58,7 @@ class FrameError(Exception):
         self.message_id = message_id
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class Call:
     id: str
     action: str
@@ -66,14 +66,14 @@ class Call:
     raw: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class CallResult:
     id: str
     payload: Any
     raw: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class CallError:
     id: str
     code: str

@@ -44,7 +44,7 @@ class Origin(Enum):
     CONTROLLER = "controller"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class ToCsms:
     """Send this text on the uplink (``action``: of a frame passed through, for metrics)."""
 
@@ -52,7 +52,7 @@ class ToCsms:
     action: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class ToCharger:
     """Send this text to the charger (``action``: of a frame passed through)."""
 
@@ -60,14 +60,14 @@ class ToCharger:
     action: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class Answer:
     """Answer this charger call locally (the uplink is not there to answer it)."""
 
     call: Call
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class OwnResult:
     """The charger answered a call the controller sent; consume it locally."""
 
@@ -75,7 +75,7 @@ class OwnResult:
     answer: CallResult | CallError
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class ReplayResult:
     """The CSMS answered a call the controller sent upstream (a replayed message)."""
 
@@ -83,7 +83,7 @@ class ReplayResult:
     answer: CallResult | CallError
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class Exchange:
     """A call and its answer passed through; the session may learn from it."""
 
@@ -92,7 +92,7 @@ class Exchange:
     answer: CallResult | CallError
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built for every frame, frozen costs twice as much
 class Note:
     """Something worth a log line and a counter; nothing to send."""
 

@@ -339,8 +339,10 @@ class Session:
             elif kind is ToCharger:
                 if effect.action is not None:  # type: ignore[union-attr]
                     self._forwarded["down", effect.action] += 1  # type: ignore[union-attr]
-                with contextlib.suppress(ConnectionClosed):
+                try:
                     await self.charger.send(effect.text)  # type: ignore[union-attr]
+                except ConnectionClosed:
+                    pass  # the charger loop sees the close
             elif kind is Answer:
                 await self._answer(effect.call)  # type: ignore[union-attr]
             elif kind is Note:
@@ -371,8 +373,10 @@ class Session:
             return
         # A send on a closing uplink is dropped here; the uplink loop then sees the
         # close and turns the call in flight into a local answer.
-        with contextlib.suppress(ConnectionClosed):
+        try:
             await uplink.send(text)
+        except ConnectionClosed:
+            pass
 
     async def _answer(self, call: Call) -> None:
         if self.responder is None:
