@@ -182,6 +182,9 @@ class OfflineSettings(_Section):
     unknown_charger: Literal["accept", "pending", "reject"] = "accept"
     #: Heartbeat interval (s) handed out in offline BootNotification answers.
     heartbeat_interval: int = Field(default=300, ge=1)
+    #: Stored messages per charger beyond which no new offline transaction is accepted
+    #: (answered Invalid, stored all the same); running ones go on, nothing is dropped.
+    max_outbox_per_charger: int = Field(default=100_000, ge=1)
 
 
 class PolicySettings(_Section):

@@ -148,6 +148,16 @@ class OfflineResponder:
             session.log.error("store_failed", action=call.action, error=str(exc))
             return self._error(dialect, call, ErrorKind.INTERNAL, "the message could not be stored")
 
+    async def outbox_full(self, session: Session) -> bool:
+        """Whether the charger's outbox reached its cap (then no new transaction starts
+        offline; an alarm is raised)."""
+        depth = await self.store.outbox_depth(session.identity)
+        if depth < self.settings.offline.max_outbox_per_charger:
+            return False
+        session.metrics.security_events["outbox_full"] += 1
+        session.log.error("outbox_full", depth=depth)
+        return True
+
     @staticmethod
     def _error(dialect: Dialect, call: Call, kind: ErrorKind, description: str) -> str:
         code = dialect.error_code(kind) or "GenericError"
@@ -222,6 +232,8 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
         info = orjson.loads(answered) if answered else {"status": status}
         return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": info})
     decision = await r.site.decide(s.identity, key, for_start=True, valid=is_valid_id_tag(tag))
+    if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
+        decision = AuthDecision(AuthStatus.Invalid, decision.source)
     info = id_tag_info_16(decision)
     tx_id, _, _ = await r.store.start_transaction(
         NewTransaction(
@@ -384,6 +396,8 @@ async def _transaction_event201(
             key = previous["id_key"]
         else:
             decision = await _decide_token(r, s, token, for_start=True)
+            if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
+                decision = AuthDecision(AuthStatus.Invalid, decision.source)
             answer["idTokenInfo"] = id_token_info(decision)
             status = decision.status.value
             key = token_key(str(token.get("idToken", "")), str(token.get("type", "")))

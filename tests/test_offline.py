@@ -1061,3 +1061,37 @@ async def test_retried_start_gets_the_same_id_tag_info(
         assert first["idTagInfo"]["parentIdTag"] == "FLEET-PARENT"
         retry = result_of(await raw.call("StartTransaction", payload, unique_id="p1"))
     assert retry == first
+
+
+async def test_full_outbox_refuses_new_offline_transactions_and_keeps_everything(
+    controller_factory: ControllerFactory, tmp_path: Path
+) -> None:
+    """Decision 7: at the per-charger cap a new offline start is answered Invalid (and
+    stored all the same), messages of running transactions are still stored, nothing
+    is dropped, and an alarm is counted."""
+    csv_path = site_csv(tmp_path, "CARD-A,Accepted,,\nCARD-B,Accepted,,\n")
+    ctl = await offline_controller(
+        controller_factory,
+        local_list={"path": csv_path},
+        offline={"max_outbox_per_charger": 2},
+        policy={"concurrent_tx": False},
+    )
+    async with RawCharger(controller_url(ctl.listen_port), "CP1") as raw:
+        first = result_of(await raw.call("StartTransaction", start_payload("CARD-A", 100)))
+        assert first["idTagInfo"]["status"] == "Accepted"
+        meter = {
+            "connectorId": 1,
+            "transactionId": first["transactionId"],
+            "meterValue": [
+                {"timestamp": "2026-01-01T00:01:00Z", "sampledValue": [{"value": "150"}]}
+            ],
+        }
+        assert result_of(await raw.call("MeterValues", meter)) == {}
+        second = result_of(await raw.call("StartTransaction", start_payload("CARD-B", 200)))
+        assert second["idTagInfo"]["status"] == "Invalid"
+        meter["meterValue"][0]["sampledValue"] = [{"value": "180"}]
+        assert result_of(await raw.call("MeterValues", meter)) == {}
+    actions = [row.action for row in await ctl.store.outbox("CP1")]
+    assert actions.count("StartTransaction") == 2
+    assert actions.count("MeterValues") == 2
+    assert ctl.metrics.security_events["outbox_full"] >= 1
