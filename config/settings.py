@@ -267,7 +267,8 @@ class LocalListSettings(_Section):
 class RuntimeSettings(_Section):
     #: ``uvloop`` when installed (lower latency), else ``asyncio``.
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    #: Seconds given to open work on SIGTERM before sockets are closed.
+    #: Seconds closing the chargers (1001) may take on SIGTERM before the store is closed
+    #: regardless.
     shutdown_grace: float = Field(default=5.0, ge=0)
 
 

@@ -160,10 +160,19 @@ class Controller:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        await self.chargers.close()
+        grace = self.settings.runtime.shutdown_grace
+        started = time.monotonic()
+        try:
+            # Chargers are closed with 1001 and their uplinks with them; answers being
+            # committed finish first. Past the grace the store is closed regardless:
+            # a charger whose answer did not go out keeps its message and resends it.
+            async with asyncio.timeout(grace):
+                await self.chargers.close()
+        except TimeoutError:
+            self.log.warning("shutdown_grace_exceeded", grace=grace)
         await self.admin.close()
         await self.store.close()
-        self.log.info("controller_stopped")
+        self.log.info("controller_stopped", seconds=round(time.monotonic() - started, 3))
 
     async def __aenter__(self) -> Controller:
         await self.start()

@@ -131,6 +131,7 @@ class ChargerServer:
                 lambda reason: self.gate.security_event("tls_handshake_failed", reason=reason),
             ),
             open_timeout=ls.open_timeout,
+            close_timeout=min(5.0, self.settings.runtime.shutdown_grace or 5.0),
             ping_interval=ls.ping_interval or None,
             ping_timeout=ls.ping_timeout,
             max_size=ls.max_message_size,
