@@ -51,12 +51,15 @@ __all__ = [
     "CALLRESULT",
     "OCPP16",
     "OCPP201",
+    "TRANSACTION_ACTIONS_16",
     "ChargerPeer",
     "ChargerPeer16",
     "ChargerPeer201",
     "CloseInfo",
     "CsmsConnection",
     "CsmsPeer",
+    "CsmsRule",
+    "DeliveryFigures",
     "Direction",
     "Frame",
     "HandledCall",
@@ -69,7 +72,10 @@ __all__ = [
     "calls",
     "controller_url",
     "counter_ids",
+    "delivery_figures",
+    "inbound_ledger",
     "ledger",
+    "message_key",
     "outline",
     "parse",
     "received",
@@ -196,18 +202,23 @@ class LedgerEntry:
     response_text: Data | None = None
 
 
-def ledger(frames: Iterable[Frame]) -> list[LedgerEntry]:
-    """The calls sent in ``frames``, in sending order, each with its first answer."""
+def ledger(frames: Iterable[Frame], calls: Direction = "sent") -> list[LedgerEntry]:
+    """The calls sent in ``frames``, in sending order, each with its first answer.
+
+    With ``calls="received"``: the calls received, each with the answer sent back (what
+    a CSMS was asked and what it said; see :func:`inbound_ledger`).
+    """
+    answers_direction: Direction = "received" if calls == "sent" else "sent"
     order: list[LedgerEntry] = []
     open_calls: dict[str, int] = {}  # message id -> position in order
     for direction, text in frames:
         msg = _try_parse(text)
         if msg is None:
             continue
-        if direction == "sent" and msg[0] == CALL:
+        if direction == calls and msg[0] == CALL:
             open_calls[msg[1]] = len(order)
             order.append(LedgerEntry(msg[1], msg[2], msg[3] if len(msg) > 3 else None, text))
-        elif direction == "received" and msg[0] != CALL and msg[1] in open_calls:
+        elif direction == answers_direction and msg[0] != CALL and msg[1] in open_calls:
             position = open_calls.pop(msg[1])
             if msg[0] == CALLRESULT:
                 answer = {"outcome": "CALLRESULT", "response": msg[2]}
@@ -215,6 +226,119 @@ def ledger(frames: Iterable[Frame]) -> list[LedgerEntry]:
                 answer = {"outcome": "CALLERROR", "response": msg[2:]}
             order[position] = replace(order[position], response_text=text, **answer)
     return order
+
+
+def inbound_ledger(frames: Iterable[Frame]) -> list[LedgerEntry]:
+    """The calls received in ``frames``, in order, each with the answer sent back."""
+    return ledger(frames, calls="received")
+
+
+#: OCPP 1.6 transaction messages: delivered in order, at least once (R39, R40).
+TRANSACTION_ACTIONS_16 = frozenset({"StartTransaction", "MeterValues", "StopTransaction"})
+
+
+def message_key(action: str, payload: Any) -> tuple[Any, ...]:
+    """What makes a charger message the same logical message wherever it is seen.
+
+    The message id and the transactionId are left out (the controller replays with fresh
+    ids and maps provisional transaction ids), and so is a StopTransaction's reason (the
+    invalid-id policy may report it as DeAuthorized). Payload values such as meter
+    readings and timestamps tell the messages apart.
+    """
+    p = payload if isinstance(payload, dict) else {}
+    if action == "StartTransaction":
+        return (
+            action,
+            p.get("connectorId"),
+            p.get("idTag"),
+            p.get("meterStart"),
+            p.get("timestamp"),
+        )
+    if action == "StopTransaction":
+        return (action, p.get("meterStop"), p.get("timestamp"))
+    rest = {k: v for k, v in p.items() if k != "transactionId"}
+    return (action, json.dumps(rest, sort_keys=True, separators=(",", ":")))
+
+
+@dataclass
+class DeliveryFigures:
+    """The figures of RELIABILITY.md 5.3 for one charger (or several, summed)."""
+
+    #: Transaction messages the charger got a CALLRESULT for.
+    acked: int = 0
+    #: Those the CSMS answered with a CALLRESULT at least once.
+    delivered: int = 0
+    #: Acked, never delivered and not a dead letter.
+    lost: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Acked, never delivered, kept as a dead letter.
+    dead: int = 0
+    #: Receipts at the CSMS of a message after its first CALLRESULT.
+    duplicates: int = 0
+    #: Inversions between the charger's order and the order of first delivery.
+    order_violations: int = 0
+    #: Messages the CSMS took that the charger never got an answer for.
+    unexpected: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __add__(self, other: DeliveryFigures) -> DeliveryFigures:
+        return DeliveryFigures(
+            self.acked + other.acked,
+            self.delivered + other.delivered,
+            self.lost + other.lost,
+            self.dead + other.dead,
+            self.duplicates + other.duplicates,
+            self.order_violations + other.order_violations,
+            self.unexpected + other.unexpected,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"acked={self.acked} delivered={self.delivered} lost={len(self.lost)} "
+            f"dead={self.dead} duplicates={self.duplicates} "
+            f"order_violations={self.order_violations} unexpected={len(self.unexpected)}"
+        )
+
+
+def delivery_figures(
+    charger_entries: Iterable[LedgerEntry],
+    csms_entries: Iterable[LedgerEntry],
+    *,
+    dead: Iterable[tuple[Any, ...]] = (),
+    actions: frozenset[str] = TRANSACTION_ACTIONS_16,
+) -> DeliveryFigures:
+    """Compare what one charger was answered (its ledger) with what the CSMS took (its
+    :func:`inbound_ledger` for that identity). ``dead``: message keys of dead letters."""
+    dead_keys = set(dead)
+    expected = [
+        message_key(e.action, e.request)
+        for e in charger_entries
+        if e.action in actions and e.outcome == "CALLRESULT"
+    ]
+    first: dict[tuple[Any, ...], int] = {}
+    duplicates = 0
+    unexpected: list[tuple[Any, ...]] = []
+    wanted = set(expected)
+    for position, entry in enumerate(csms_entries):
+        if entry.action not in actions:
+            continue
+        key = message_key(entry.action, entry.request)
+        if key in first:
+            duplicates += 1
+        elif entry.outcome == "CALLRESULT":
+            first[key] = position
+            if key not in wanted:
+                unexpected.append(key)
+    lost = [k for k in expected if k not in first and k not in dead_keys]
+    positions = [first[k] for k in expected if k in first]
+    inversions = sum(1 for i, a in enumerate(positions) for b in positions[i + 1 :] if b < a)
+    return DeliveryFigures(
+        acked=len(expected),
+        delivered=sum(1 for k in expected if k in first),
+        lost=lost,
+        dead=sum(1 for k in expected if k not in first and k in dead_keys),
+        duplicates=duplicates,
+        order_violations=inversions,
+        unexpected=unexpected,
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -396,9 +520,63 @@ class CsmsConnection:
     closed: CloseInfo | None = None
     ws: ServerConnection | None = field(default=None, repr=False)
     station: ChargePoint | None = field(default=None, repr=False)
+    #: time.monotonic() when the connection was accepted.
+    opened: float = field(default_factory=time.monotonic)
 
 
-class _CsmsHandlers16(ChargePoint16):
+@dataclass
+class CsmsRule:
+    """An answer the CSMS gives to matching calls instead of its normal one.
+
+    A call matches when its action is ``action``, its identity is ``identity`` (any if
+    None) and ``match(payload)`` holds (always if None). The CSMS waits ``delay`` s, then
+    answers CALLERROR ``error`` (with ``description``), or nothing at all if ``silent``,
+    or its normal answer if neither. It applies ``times`` times (always if None);
+    ``hits`` counts the calls it applied to.
+    """
+
+    action: str
+    error: str | None = None
+    description: str = ""
+    delay: float = 0.0
+    silent: bool = False
+    times: int | None = None
+    identity: str | None = None
+    match: Callable[[Any], bool] | None = None
+    hits: int = 0
+
+    def applies(self, identity: str, action: str, payload: Any) -> bool:
+        return (
+            action == self.action
+            and (self.identity is None or identity == self.identity)
+            and (self.times is None or self.hits < self.times)
+            and (self.match is None or bool(self.match(payload)))
+        )
+
+
+class _Scripted:
+    """Routes a received call through the peer's rules before the normal handlers."""
+
+    peer: CsmsPeer
+    id: str
+
+    async def route_message(self, raw_msg: str) -> None:
+        msg = _try_parse(raw_msg)
+        if msg is not None and msg[0] == CALL and len(msg) > 3:
+            rule = self.peer.rule_for(self.id, msg[2], msg[3])
+            if rule is not None:
+                if rule.delay:
+                    await asyncio.sleep(rule.delay)
+                if rule.silent:
+                    return
+                if rule.error is not None:
+                    error = [CALLERROR, msg[1], rule.error, rule.description, {}]
+                    await self._send(json.dumps(error, separators=(",", ":")))  # type: ignore[attr-defined]
+                    return
+        await super().route_message(raw_msg)  # type: ignore[misc]
+
+
+class _CsmsHandlers16(_Scripted, ChargePoint16):
     """CSMS-side answers to every charger-initiated 1.6 action of a normal session."""
 
     def __init__(self, peer: CsmsPeer, *args: Any, **kwargs: Any) -> None:
@@ -406,7 +584,7 @@ class _CsmsHandlers16(ChargePoint16):
         self.peer = peer
 
     def _id_tag_info(self, id_tag: str) -> dict[str, str]:
-        return {"status": "Blocked" if id_tag in self.peer.blocked else "Accepted"}
+        return {"status": self.peer.id_tag_verdict(id_tag)}
 
     @on("BootNotification")
     def on_boot_notification(self, **_: Any) -> result16.BootNotification:
@@ -429,9 +607,9 @@ class _CsmsHandlers16(ChargePoint16):
         return result16.Authorize(id_tag_info=self._id_tag_info(id_tag))
 
     @on("StartTransaction")
-    def on_start_transaction(self, id_tag: str, **_: Any) -> result16.StartTransaction:
+    def on_start_transaction(self, id_tag: str, **payload: Any) -> result16.StartTransaction:
         return result16.StartTransaction(
-            transaction_id=self.peer.next_transaction_id(self.id),
+            transaction_id=self.peer.start_transaction_id(self.id, dict(payload, id_tag=id_tag)),
             id_tag_info=self._id_tag_info(id_tag),
         )
 
@@ -462,7 +640,7 @@ class _CsmsHandlers16(ChargePoint16):
         return result16.SecurityEventNotification()
 
 
-class _CsmsHandlers201(ChargePoint201):
+class _CsmsHandlers201(_Scripted, ChargePoint201):
     """CSMS-side answers to every charger-initiated 2.0.1 action of a normal session."""
 
     def __init__(self, peer: CsmsPeer, *args: Any, **kwargs: Any) -> None:
@@ -470,8 +648,7 @@ class _CsmsHandlers201(ChargePoint201):
         self.peer = peer
 
     def _id_token_info(self, id_token: Mapping[str, Any]) -> dict[str, str]:
-        blocked = id_token.get("id_token") in self.peer.blocked
-        return {"status": "Blocked" if blocked else "Accepted"}
+        return {"status": self.peer.id_tag_verdict(str(id_token.get("id_token")))}
 
     @on("BootNotification")
     def on_boot_notification(self, **_: Any) -> result201.BootNotification:
@@ -528,6 +705,13 @@ class CsmsPeer:
     connection of an identity, and any frame that is not OCPP-J; ``errors`` gets
     exceptions raised by its own handlers. Tests check that both stay empty.
 
+    Scripted faults: ``refuse``/``delay``/``ignore`` add :class:`CsmsRule` s (CALLERROR,
+    slow answer, no answer) by action, n times or always; ``id_tag_status`` answers
+    chosen idTags with a chosen idTagInfo status; ``stop()`` then ``start()`` takes the
+    CSMS down (closing its connections with 1001, or 1006 with ``code=1006``) and brings
+    it back on the same port. With ``idempotent_starts`` a StartTransaction received
+    again (same connector, idTag, meterStart and timestamp) gets the same transactionId.
+
     Use as ``async with CsmsPeer() as csms:``.
     """
 
@@ -543,6 +727,8 @@ class CsmsPeer:
         clock: Clock = _utc_now,
         ids: IdFactory = _uuid_ids,
         call_timeout: float = DEFAULT_TIMEOUT,
+        id_tag_status: Mapping[str, str] | None = None,
+        idempotent_starts: bool = False,
     ) -> None:
         self.subprotocols = [Subprotocol(s) for s in subprotocols]
         self.compression = compression
@@ -550,6 +736,14 @@ class CsmsPeer:
         self.refusals: dict[str, int] = dict(refusals or {})
         #: idTags / idTokens answered Blocked.
         self.blocked: set[str] = set(blocked)
+        #: idTag / idToken -> the idTagInfo status to answer (before ``blocked``).
+        self.id_tag_status: dict[str, str] = dict(id_tag_status or {})
+        self.idempotent_starts = idempotent_starts
+        #: Scripted answers, first match wins (see :class:`CsmsRule`).
+        self.rules: list[CsmsRule] = []
+        #: transactionId -> (identity, StartTransaction payload in snake_case) it was
+        #: given for (the last one, when the same id was given again).
+        self.transactions: dict[int, tuple[str, dict[str, Any]]] = {}
         self.heartbeat_interval = heartbeat_interval
         self.boot_status = boot_status
         self.clock = clock
@@ -572,6 +766,7 @@ class CsmsPeer:
         self.errors: list[BaseException] = []
 
         self._transaction_ids = itertools.count(1)
+        self._start_ids: dict[tuple[Any, ...], int] = {}
         self._changes = _Changes()
         self._server: Server | None = None
         self._port: int | None = None
@@ -579,10 +774,11 @@ class CsmsPeer:
     # -- lifecycle
 
     async def start(self) -> Self:
+        """Start listening: on a free port the first time, on the same port after ``stop``."""
         self._server = await serve(
             self._handle,
             "127.0.0.1",
-            0,
+            self._port or 0,
             subprotocols=self.subprotocols,
             compression=self.compression,
             process_request=self._process_request,
@@ -591,13 +787,26 @@ class CsmsPeer:
         self._port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def stop(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    async def stop(self, timeout: float = DEFAULT_TIMEOUT, *, code: int = 1001) -> None:
+        """Stop listening and close every connection: with a 1001 close frame, or with
+        ``code=1006`` by aborting the TCP connections (no close frame)."""
         if self._server is None:
             return
         server, self._server = self._server, None
-        server.close()
+        if code == 1006:
+            for conn in list(self.live.values()):
+                if conn.ws is not None:
+                    conn.ws.transport.abort()
+            server.close(close_connections=False)
+        else:
+            server.close()
         async with asyncio.timeout(timeout):
             await server.wait_closed()
+            await self._changes.wait_until(lambda: not self.live, timeout, "connections to end")
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -625,6 +834,87 @@ class CsmsPeer:
     def next_transaction_id(self, identity: str) -> int:
         """Transaction ids increase from 1 over the whole CSMS."""
         return next(self._transaction_ids)
+
+    def start_transaction_id(self, identity: str, payload: dict[str, Any]) -> int:
+        """The transactionId for a StartTransaction (snake_case payload)."""
+        key = (
+            identity,
+            payload.get("connector_id"),
+            payload.get("id_tag"),
+            payload.get("meter_start"),
+            payload.get("timestamp"),
+        )
+        tx_id = self._start_ids.get(key) if self.idempotent_starts else None
+        if tx_id is None:
+            tx_id = self.next_transaction_id(identity)
+            self._start_ids[key] = tx_id
+        self.transactions[tx_id] = (identity, payload)
+        return tx_id
+
+    def id_tag_verdict(self, id_tag: str) -> str:
+        """The idTagInfo / idTokenInfo status the CSMS answers for ``id_tag``."""
+        if id_tag in self.id_tag_status:
+            return self.id_tag_status[id_tag]
+        return "Blocked" if id_tag in self.blocked else "Accepted"
+
+    # -- scripted faults
+
+    def rule_for(self, identity: str, action: str, payload: Any) -> CsmsRule | None:
+        """The rule that applies to this call (counted as a hit), if any."""
+        for rule in self.rules:
+            if rule.applies(identity, action, payload):
+                rule.hits += 1
+                return rule
+        return None
+
+    def add_rule(self, rule: CsmsRule) -> CsmsRule:
+        self.rules.append(rule)
+        return rule
+
+    def refuse(
+        self,
+        action: str,
+        code: str = "InternalError",
+        *,
+        times: int | None = None,
+        identity: str | None = None,
+        match: Callable[[Any], bool] | None = None,
+        description: str = "refused by the test",
+    ) -> CsmsRule:
+        """Answer matching calls with CALLERROR ``code``, ``times`` times or always."""
+        return self.add_rule(
+            CsmsRule(action, code, description, times=times, identity=identity, match=match)
+        )
+
+    def delay(
+        self,
+        action: str,
+        seconds: float,
+        *,
+        times: int | None = None,
+        identity: str | None = None,
+        match: Callable[[Any], bool] | None = None,
+    ) -> CsmsRule:
+        """Answer matching calls normally, but only after ``seconds``."""
+        return self.add_rule(
+            CsmsRule(action, delay=seconds, times=times, identity=identity, match=match)
+        )
+
+    def ignore(
+        self,
+        action: str,
+        *,
+        times: int | None = None,
+        identity: str | None = None,
+        match: Callable[[Any], bool] | None = None,
+    ) -> CsmsRule:
+        """Read matching calls and never answer them."""
+        return self.add_rule(
+            CsmsRule(action, silent=True, times=times, identity=identity, match=match)
+        )
+
+    def clear_rules(self) -> None:
+        self.rules.clear()
 
     # -- connection handling
 
@@ -770,6 +1060,15 @@ class CsmsPeer:
         async with asyncio.timeout(timeout):
             await conn.ws.close(code, reason)
         return await self.wait_disconnected(identity, timeout)
+
+    def inbound(self, identity: str) -> list[LedgerEntry]:
+        """The calls the identity's chargers sent (through every connection), each with
+        the CSMS's answer."""
+        return inbound_ledger(self.frames[identity])
+
+    def received_calls(self, identity: str, action: str | None = None) -> list[LedgerEntry]:
+        """The calls received from the identity (of ``action`` if given), in order."""
+        return [e for e in self.inbound(identity) if action is None or e.action == action]
 
     def sent(self, identity: str) -> list[Data]:
         return sent(self.frames[identity])
@@ -968,6 +1267,7 @@ class ChargerPeer:
         self._recording: RecordingConnection | None = None
         self._station: Any = None
         self._serving: asyncio.Task[None] | None = None
+        self._changes = _Changes()
 
     # -- lifecycle
 
@@ -1066,6 +1366,20 @@ class ChargerPeer:
 
     def handled_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
         self.handled.append(HandledCall(unique_id, action, payload))
+        self._changes.touch()
+
+    def handled_of(self, action: str) -> list[HandledCall]:
+        """The CSMS-initiated (or controller) calls of ``action`` handled so far."""
+        return [h for h in self.handled if h.action == action]
+
+    async def wait_handled(
+        self, action: str, count: int = 1, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[HandledCall]:
+        """Wait until ``count`` calls of ``action`` were handled; those calls."""
+        await self._changes.wait_until(
+            lambda: len(self.handled_of(action)) >= count, timeout, f"{count} x {action}"
+        )
+        return self.handled_of(action)
 
     def now(self) -> str:
         return _stamp(self.clock())
@@ -1126,10 +1440,83 @@ def _meter_value201(timestamp: str, wh: int) -> dict[str, Any]:
 
 class ChargerPeer16(ChargerPeer):
     """An OCPP 1.6J charger; a session is Boot, StatusNotification, Authorize,
-    StartTransaction, 3 x MeterValues, StopTransaction."""
+    StartTransaction, 3 x MeterValues, StopTransaction.
+
+    The step methods (``boot``, ``status``, ``authorize``, ``start_transaction``,
+    ``meter_values``, ``stop_transaction``) send one call each, for scenarios that do
+    something between the steps.
+    """
 
     handlers_class = _StationHandlers16
     default_subprotocols = (OCPP16,)
+
+    async def boot(self) -> Any:
+        return await self.call(
+            call16.BootNotification(
+                charge_point_model="LC-Test",
+                charge_point_vendor="OpenSite",
+                charge_point_serial_number=self.identity,
+            )
+        )
+
+    async def status(
+        self, status: str = "Available", *, connector_id: int = 1, error_code: str = "NoError"
+    ) -> Any:
+        return await self.call(
+            call16.StatusNotification(
+                connector_id=connector_id,
+                error_code=error_code,
+                status=status,
+                timestamp=self.now(),
+            )
+        )
+
+    async def authorize(self, id_tag: str) -> str:
+        """Authorize ``id_tag``; the idTagInfo status answered."""
+        answer = await self.call(call16.Authorize(id_tag=id_tag))
+        return str(answer.id_tag_info["status"])
+
+    async def start_transaction(
+        self, id_tag: str, *, connector_id: int = 1, meter_start: int = 0
+    ) -> int:
+        """Start a transaction; the transactionId answered."""
+        answer = await self.call(
+            call16.StartTransaction(
+                connector_id=connector_id,
+                id_tag=id_tag,
+                meter_start=meter_start,
+                timestamp=self.now(),
+            )
+        )
+        return int(answer.transaction_id)
+
+    async def meter_values(self, transaction_id: int, wh: int, *, connector_id: int = 1) -> Any:
+        """Report an energy register reading of ``wh`` Wh for the transaction."""
+        return await self.call(
+            call16.MeterValues(
+                connector_id=connector_id,
+                transaction_id=transaction_id,
+                meter_value=[_meter_value16(self.now(), wh)],
+            )
+        )
+
+    async def stop_transaction(
+        self,
+        transaction_id: int,
+        meter_stop: int,
+        *,
+        reason: str = "Local",
+        id_tag: str | None = None,
+    ) -> Any:
+        return await self.call(
+            call16.StopTransaction(
+                meter_stop=meter_stop,
+                timestamp=self.now(),
+                transaction_id=transaction_id,
+                reason=reason,
+                id_tag=id_tag,
+            )
+        )
 
     async def _session(self, id_tag: str, connector_id: int, meter_start: int) -> None:
         await self.call(
