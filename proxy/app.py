@@ -121,8 +121,7 @@ class Controller:
                 for identity, depth in depths.items():
                     session = self.chargers.sessions.get(identity)
                     if depth and session is not None and session.state is State.ONLINE:
-                        session.router.uplink_back(draining=True)
-                        session._spawn(self.replayer.drain(session), "drain")
+                        session.start_drain(self.replayer)
                 await self.store.purge_mappings(time.time() - grace)
             except StoreError as exc:
                 self.log.error("outbox_watchdog_failed", error=str(exc))

@@ -395,7 +395,7 @@ class ChargerServer:
                 await old.charger.close(1008, "replaced by a newer connection")
         log.info("charger_connected", uplink=hs.uplink is not None, state=router.state.value)
         if router.state is State.DRAINING and self.replayer is not None:
-            session._spawn(self.replayer.drain(session), "drain")
+            session.start_drain(self.replayer)
         try:
             await session.run()
         finally:

@@ -111,19 +111,29 @@ class Replayer:
     # -- the drain ---------------------------------------------------------------------
 
     async def drain(self, session: Session) -> None:
+        """Replay everything stored for the charger on the uplink it has now; ONLINE
+        when nothing is left. Ends (without going ONLINE) if that uplink goes."""
+        uplink = session.uplink
+        if uplink is None:
+            return
         log = session.log
         started = time.monotonic()
         depth = await self.store.outbox_depth(session.identity)
         session.replay_left = depth
         last_report = started
+        reported = 0
         log.info("replay_started", outbox_depth=depth)
         try:
             while True:
+                if session.uplink is not uplink:
+                    raise UplinkGone()
                 mark = session.stored_count
                 await self._replay_boot(session)
                 await self._replay_statuses(session)
                 rows = await self.store.outbox(session.identity, limit=200)
                 if not rows:
+                    if session.uplink is not uplink:
+                        raise UplinkGone()
                     if session.pending_stores == 0 and session.stored_count == mark:
                         session.router.drained()
                         session.replay_left = 0
@@ -133,13 +143,14 @@ class Replayer:
                             seconds=round(time.monotonic() - started, 3),
                         )
                         return
-                    await asyncio.sleep(0.005)
+                    # A local answer is being committed: wait for it, then look again.
+                    await session.wait_stored(1.0)
                     continue
                 for row in rows:
                     await self._replay_row(session, row)
                     now = time.monotonic()
-                    if now - last_report >= 5.0 or session.replayed % 500 == 0:
-                        last_report = now
+                    if now - last_report >= 5.0 or session.replayed - reported >= 500:
+                        last_report, reported = now, session.replayed
                         left = await self.store.outbox_depth(session.identity)
                         rate = session.replayed / max(now - started, 1e-6)
                         session.replay_left = left
@@ -226,6 +237,12 @@ class Replayer:
                 self.metrics.replayed[row.action, "delivered"] += 1
                 return
             code = answer.code if isinstance(answer, CallError) else "Timeout"
+            if code == "SecurityError" and await self.store.rearm_boot(identity):
+                # The CSMS does not know the charger (any more): register it again and
+                # retry; this costs no attempt (R42, F2).
+                session.log.warning("replay_security_error", action=row.action, seq=row.seq)
+                await self._replay_boot(session)
+                continue
             transmissions += 1
             dead = is_dead_letter(transmissions, attempts)
             await self.store.refused(row.seq, transmissions, code, dead=dead)

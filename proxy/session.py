@@ -94,23 +94,35 @@ class Drainer(Protocol):
 
 
 class ConnectLimiter:
-    """Spaces uplink openings site-wide: at most ``rate`` per second."""
+    """Spaces uplink openings site-wide: at most ``rate`` per second.
+
+    Openings go one at a time, each at least 1/rate after the previous one actually
+    went, so a stalled event loop cannot release a burst of overdue slots.
+    """
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
-        self._next = 0.0
+        self._last = -1e9
+        self._lock = asyncio.Lock()
+        self._queued = 0
 
     async def acquire(self, max_wait: float | None = None) -> bool:
-        """Wait for the next opening slot; False (no slot taken) if it is further away
-        than ``max_wait`` seconds."""
+        """Wait for the next opening; False (nothing taken) if it is likely further
+        away than ``max_wait`` seconds."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        slot = max(now, self._next)
-        if max_wait is not None and slot - now > max_wait:
-            return False
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        if max_wait is not None:
+            ahead = max(0.0, self._last + self._interval - loop.time())
+            if ahead + self._queued * self._interval > max_wait:
+                return False
+        self._queued += 1
+        try:
+            async with self._lock:
+                wait = self._last + self._interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last = loop.time()
+        finally:
+            self._queued -= 1
         return True
 
 
@@ -175,6 +187,8 @@ class Session:
         self._closing = False
         #: Set once the charger and the uplink are both closed.
         self.closed = asyncio.Event()
+        self._stored = asyncio.Event()
+        self._drain: asyncio.Task[None] | None = None
         #: Profile 3 by serial number: the certificate CN the serial must be found in.
         self._serial_cn = serial_cn
 
@@ -283,6 +297,8 @@ class Session:
         self.log.info("uplink_lost", code=code, reason=reason)
         self.uplink = None
         self._fail_waiters()
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
         if self.responder is None or csms_dropped_charger(code):
             await self.charger.close(relay_close_code(code), reason or "")
             return
@@ -320,7 +336,7 @@ class Session:
         self.log.info("uplink_restored", attempts=attempt)
         self._spawn(self._uplink_loop(uplink), "uplink")
         if rc.drainer is not None:
-            self._spawn(rc.drainer.drain(self), "drain")
+            self.start_drain(rc.drainer)
 
     def _fail_waiters(self, *, own: bool = False) -> None:
         for waiters in (self._waiters, self._own_waiters) if own else (self._waiters,):
@@ -388,6 +404,7 @@ class Session:
         finally:
             self.pending_stores -= 1
             self.stored_count += 1
+            self._stored.set()
         if text is not None:
             if ARMED:
                 crashpoint("after_commit_before_ack")
@@ -395,6 +412,42 @@ class Session:
                 await self.charger.send(text)
             if ARMED:
                 crashpoint("after_ack")
+
+    async def wait_stored(self, wait_for: float) -> None:
+        """Wait until a local answer has been committed (or ``wait_for`` seconds)."""
+        self._stored.clear()
+        if self.pending_stores == 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_for):
+                await self._stored.wait()
+
+    def start_drain(self, drainer: Drainer) -> bool:
+        """Replay the outbox on the current uplink; a replay still winding down from
+        an earlier uplink is finished first, never run beside."""
+        if self.uplink is None:
+            return False
+        old = self._drain
+        if old is not None and not old.done() and old.get_name() == self._drain_for():
+            return False  # already replaying on this uplink
+        self.router.uplink_back(draining=True)
+
+        async def run() -> None:
+            if old is not None and not old.done():
+                old.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await old
+            await drainer.drain(self)
+
+        task = asyncio.ensure_future(run())
+        task.set_name(self._drain_for())
+        self._drain = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return True
+
+    def _drain_for(self) -> str:
+        return f"drain:{self.identity}:{id(self.uplink)}"
 
     async def call_csms(self, call: Call, wait_for: float) -> CallResult | CallError:
         """Send a call of the controller's own upstream and wait for the CSMS's answer.

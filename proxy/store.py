@@ -207,7 +207,9 @@ class Store:
         self._queue: asyncio.Queue[_Change] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._next_tx: int = tx_id_start
-        self._tx_lock = asyncio.Lock()
+        #: One StartTransaction at a time per charger (its retries are recognised);
+        #: chargers do not wait for each other.
+        self._tx_locks: dict[str, asyncio.Lock] = {}
         #: Called with the seconds each group commit took (metrics).
         self.on_commit: Callable[[float], None] | None = None
 
@@ -280,6 +282,19 @@ class Store:
         if self._reader is None:
             raise StoreError("the store is not open")
         return self._reader
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of a query on the reader, run and finished in one step.
+
+        Executing and fetching in one call leaves no statement open on the reader even
+        if the caller is cancelled meanwhile: an open statement would hold a read
+        transaction, and every later read would see that old snapshot.
+        """
+        return list(await self._read().execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
 
     # -- the single writer ---------------------------------------------------------
 
@@ -371,7 +386,8 @@ class Store:
         A retry of a StartTransaction already stored (same dedupe key) gets the id and
         the status answered the first time.
         """
-        async with self._tx_lock:
+        lock = self._tx_locks.setdefault(tx.identity, asyncio.Lock())
+        async with lock:
             existing = await self.transaction_by_key(tx.identity, tx.dedupe_key)
             if existing is not None:
                 return existing
@@ -421,12 +437,11 @@ class Store:
         self, identity: str, dedupe_key: str
     ) -> tuple[int, str, str] | None:
         """(provisional id, status, idTagInfo JSON) of a stored StartTransaction."""
-        async with self._read().execute(
+        row = await self._row(
             "SELECT provisional, status, answer FROM transactions"
             " WHERE identity = ? AND dedupe_key = ?",
             (identity, dedupe_key),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return (int(row[0]), str(row[1]), str(row[2] or "")) if row else None
 
     async def mark_stopped(self, identity: str, provisional: int) -> None:
@@ -441,12 +456,11 @@ class Store:
 
     async def running_transactions(self) -> list[tuple[str, int, str]]:
         """(identity, provisional id, id key) of offline transactions not yet stopped."""
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT identity, provisional, id_key FROM transactions"
             " WHERE stopped = 0 AND status = 'Accepted'"
             " ORDER BY provisional"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
 
     async def outbox(
@@ -460,26 +474,23 @@ class Store:
             params.append(identity)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
-        async with self._read().execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows(sql, params)
         return [OutboxRow(*r) for r in rows]
 
     async def depths(self) -> dict[str, int]:
         """Pending outbox messages per charger."""
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT identity, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY identity"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     async def outbox_summary(self) -> dict[str, float]:
         """Outbox depth, the age of its oldest message (s) and the dead letters."""
-        async with self._read().execute(
+        row = await self._row(
             "SELECT COUNT(*) FILTER (WHERE state = 'pending'),"
             " MIN(created) FILTER (WHERE state = 'pending'),"
             " COUNT(*) FILTER (WHERE state = 'dead') FROM outbox"
-        ) as cur:
-            row = await cur.fetchone()
+        )
         depth, oldest, dead = row if row else (0, None, 0)
         return {
             "outbox_depth": depth or 0,
@@ -493,8 +504,7 @@ class Store:
         if identity is not None:
             sql += " AND identity = ?"
             params = (identity,)
-        async with self._read().execute(sql, params) as cur:
-            row = await cur.fetchone()
+        row = await self._row(sql, params)
         return int(row[0]) if row else 0
 
     async def apply(self, *statements: Statement) -> None:
@@ -539,11 +549,10 @@ class Store:
         return count
 
     async def _count_dead(self, seq: int | None) -> int:
-        async with self._read().execute(
+        row = await self._row(
             "SELECT COUNT(*) FROM outbox WHERE state = 'dead' AND (? IS NULL OR seq = ?)",
             (seq, seq),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0]) if row else 0
 
     @staticmethod
@@ -583,13 +592,12 @@ class Store:
 
     async def transactions_of(self, identity: str) -> list[dict[str, Any]]:
         """The offline transactions of a charger whose mapping is still needed."""
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT provisional, real, stopped, deauthorized, cap_wh, cap_applied,"
             " meter_start, status, connector FROM transactions WHERE identity = ?"
             " ORDER BY provisional",
             (identity,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         keys = (
             "provisional",
             "real",
@@ -613,6 +621,14 @@ class Store:
                 )
             ]
         )
+
+    async def rearm_boot(self, identity: str) -> bool:
+        """Mark the charger's last BootNotification for replay again; False if none."""
+        record = await self.charger(identity)
+        if record is None or not record["boot_frame"]:
+            return False
+        await self._write([("UPDATE chargers SET boot_replay = 1 WHERE identity = ?", (identity,))])
+        return True
 
     async def boot_replayed(self, identity: str, frame: str) -> None:
         await self._write(
@@ -639,8 +655,7 @@ class Store:
     # -- local lists and cache -------------------------------------------------------
 
     async def load_site_list(self) -> dict[str, AuthEntry]:
-        async with self._read().execute("SELECT key, status, expiry, parent FROM site_list") as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT key, status, expiry, parent FROM site_list")
         return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
 
     async def replace_site_list(self, entries: dict[str, AuthEntry]) -> None:
@@ -656,10 +671,7 @@ class Store:
         await self._write(statements)
 
     async def load_charger_list_versions(self) -> dict[str, int]:
-        async with self._read().execute(
-            "SELECT identity, version FROM charger_list_versions"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT identity, version FROM charger_list_versions")
         return {str(r[0]): int(r[1]) for r in rows}
 
     async def save_charger_list(
@@ -694,13 +706,12 @@ class Store:
         The site list is keyed by the bare id (its CSV has no token type): ``site_key``
         when the charger's key carries a type (OCPP 2.0.1).
         """
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT 0, status, expiry, parent FROM charger_lists WHERE identity = ? AND key = ?"
             " UNION ALL SELECT 1, status, expiry, parent FROM site_list WHERE key = ?"
             " UNION ALL SELECT 2, status, expiry, parent FROM auth_cache WHERE key = ?",
             (identity, key, site_key or key, key),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         found: list[AuthEntry | None] = [None, None, None]
         for r in rows:
             found[int(r[0])] = _row_entry(r[1], r[2], r[3])
@@ -708,27 +719,22 @@ class Store:
 
     async def in_local_list(self, identity: str, key: str, site_key: str | None = None) -> bool:
         """Whether ``key`` is in the site list or in the charger's own list."""
-        async with self._read().execute(
+        row = await self._row(
             "SELECT EXISTS(SELECT 1 FROM site_list WHERE key = ?)"
             " OR EXISTS(SELECT 1 FROM charger_lists WHERE identity = ? AND key = ?)",
             (site_key or key, identity, key),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return bool(row and row[0])
 
     async def charger_list(self, identity: str) -> dict[str, AuthEntry]:
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT key, status, expiry, parent FROM charger_lists WHERE identity = ?",
             (identity,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
 
     async def load_cache(self) -> dict[str, AuthEntry]:
-        async with self._read().execute(
-            "SELECT key, status, expiry, parent FROM auth_cache"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT key, status, expiry, parent FROM auth_cache")
         return {str(r[0]): _row_entry(r[1], r[2], r[3]) for r in rows}
 
     async def cache_put(self, key: str, entry: AuthEntry) -> None:
@@ -789,13 +795,12 @@ class Store:
     async def station_transaction(
         self, identity: str, transaction_id: str
     ) -> dict[str, Any] | None:
-        async with self._read().execute(
+        row = await self._row(
             "SELECT transaction_id, id_key, evse, connector, meter_start, status, ended,"
             " deauthorized, cap_wh, cap_applied FROM station_transactions"
             " WHERE identity = ? AND transaction_id = ?",
             (identity, transaction_id),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         keys = (
@@ -813,10 +818,10 @@ class Store:
         return dict(zip(keys, row, strict=True))
 
     async def station_transactions_of(self, identity: str) -> list[dict[str, Any]]:
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT transaction_id FROM station_transactions WHERE identity = ?", (identity,)
-        ) as cur:
-            ids = [str(r[0]) for r in await cur.fetchall()]
+        )
+        ids = [str(r[0]) for r in rows]
         out = []
         for tx in ids:
             row = await self.station_transaction(identity, tx)
@@ -848,10 +853,9 @@ class Store:
 
     async def credential(self, identity: str) -> tuple[str, str] | None:
         """The stored credential hash of a charger, as text, and where it came from."""
-        async with self._read().execute(
+        row = await self._row(
             "SELECT credential, source FROM credentials WHERE identity = ?", (identity,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return (str(row[0]), str(row[1])) if row else None
 
     async def save_credential(self, identity: str, credential: str, source: str) -> None:
@@ -897,12 +901,11 @@ class Store:
         )
 
     async def charger(self, identity: str) -> dict[str, Any] | None:
-        async with self._read().execute(
+        row = await self._row(
             "SELECT identity, ocpp_version, boot_frame, boot_at, boot_replay, accepted,"
             " last_seen FROM chargers WHERE identity = ?",
             (identity,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         keys = (
@@ -933,53 +936,45 @@ class Store:
         )
 
     async def connector_statuses(self, identity: str) -> list[dict[str, Any]]:
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT connector, status, frame, updated, replay FROM connector_status"
             " WHERE identity = ? ORDER BY connector",
             (identity,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [
             {"connector": r[0], "status": r[1], "frame": r[2], "updated": r[3], "replay": r[4]}
             for r in rows
         ]
 
     async def identities(self) -> Iterable[str]:
-        async with self._read().execute("SELECT identity FROM chargers ORDER BY identity") as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT identity FROM chargers ORDER BY identity")
         return [str(r[0]) for r in rows]
 
     # -- admin queries --
 
     async def outbox_counts(self) -> dict[str, tuple[int, int]]:
         """(pending, dead) outbox messages per charger."""
-        async with self._read().execute(
+        rows = await self._rows(
             "SELECT identity, COUNT(*) FILTER (WHERE state = 'pending'),"
             " COUNT(*) FILTER (WHERE state = 'dead') FROM outbox GROUP BY identity"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
     async def outbox_count(self, identity: str | None = None, *, state: str = "pending") -> int:
         """Outbox messages in ``state`` (of one charger, or of all)."""
-        async with self._read().execute(
+        row = await self._row(
             "SELECT COUNT(*) FROM outbox WHERE state = ? AND (? IS NULL OR identity = ?)",
             (state, identity, identity),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0]) if row else 0
 
     async def charger_versions(self) -> dict[str, str | None]:
         """The OCPP subprotocol each registered charger last booted with."""
-        async with self._read().execute("SELECT identity, ocpp_version FROM chargers") as cur:
-            rows = await cur.fetchall()
+        rows = await self._rows("SELECT identity, ocpp_version FROM chargers")
         return {str(r[0]): None if r[1] is None else str(r[1]) for r in rows}
 
     async def site_list_entry(self, key: str) -> AuthEntry | None:
-        async with self._read().execute(
-            "SELECT status, expiry, parent FROM site_list WHERE key = ?", (key,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._row("SELECT status, expiry, parent FROM site_list WHERE key = ?", (key,))
         return _row_entry(row[0], row[1], row[2]) if row else None
 
     async def site_list_put(self, key: str, entry: AuthEntry) -> None:

@@ -68,6 +68,9 @@ async def open_uplink(
             open_timeout=settings.open_timeout,
             ping_interval=settings.ping_interval or None,
             ping_timeout=settings.ping_timeout,
+            # a blackholed uplink is given up ping_interval + ping_timeout after its
+            # last pong, not ten more seconds of closing handshake
+            close_timeout=min(settings.ping_timeout, 10.0),
             max_size=settings.max_message_size,
             proxy=None,
             ssl=tls,
