@@ -155,6 +155,28 @@ def parse(text: str | bytes) -> Frame:
     return CallError(mid, msg[2], msg[3], msg[4], text)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def with_message_id(raw: str, message_id: str) -> str:
+    """The text of a stored CALL under another message id, the rest kept as it was.
+
+    The old id is found by decoding the envelope's first elements, so an id written
+    with escapes (``"a\\/b"``) is replaced as surely as a plain one.
+    """
+    pos = raw.index("[") + 1
+    _, pos = _DECODER.raw_decode(raw, _skip(raw, pos))  # message type
+    start = _skip(raw, raw.index(",", pos) + 1)
+    _, end = _DECODER.raw_decode(raw, start)  # the old id
+    return raw[:start] + _dumps(message_id) + raw[end:]
+
+
+def _skip(text: str, pos: int) -> int:
+    while text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
 def _dumps(obj: Any) -> str:
     try:
         return orjson.dumps(obj).decode()

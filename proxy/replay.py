@@ -24,8 +24,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from config.settings import Settings, charger_policy
 from policies.invalid_id import (
     Action,
@@ -60,9 +58,7 @@ def fresh_id() -> str:
 
 def with_id(call: Call, message_id: str) -> Call:
     """The same call under another message id, its payload text kept as it was."""
-    old = orjson.dumps(call.id).decode()
-    new = orjson.dumps(message_id).decode()
-    return Call(message_id, call.action, call.payload, call.raw.replace(old, new, 1))
+    return Call(message_id, call.action, call.payload, frames.with_message_id(call.raw, message_id))
 
 
 class Replayer:
