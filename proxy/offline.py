@@ -23,7 +23,13 @@ import orjson
 from ocpp.messages import get_validator
 
 from config.settings import Settings
-from policies.authorization import AuthDecision, AuthStatus, is_valid_id_tag, token_key
+from policies.authorization import (
+    AuthDecision,
+    AuthSource,
+    AuthStatus,
+    is_valid_id_tag,
+    token_key,
+)
 from proxy import frames
 from proxy.frames import Call, ErrorKind
 from proxy.router import State
@@ -341,6 +347,10 @@ async def _decide_token(
 ) -> AuthDecision:
     value = str(token.get("idToken", ""))
     kind = str(token.get("type", ""))
+    if kind == "NoAuthorization":
+        # A start button, no identification at all: nothing to check, as the CSMS
+        # would not either (2.0.1 C01: IdTokenEnumType NoAuthorization).
+        return AuthDecision(AuthStatus.Accepted, AuthSource.unknown_policy)
     return await r.site.decide(
         s.identity,
         token_key(value, kind),
