@@ -63,6 +63,9 @@ class ListenSettings(_Section):
     compression: bool = True
     #: Calls a charger may send while one is still unanswered before it gets GenericError.
     max_queued_calls: int = Field(default=10, ge=0)
+    #: Frames a charger may send per minute that are not OCPP-J at all (not JSON, not
+    #: an array, binary) before it is closed with 1003; each still gets its CALLERROR.
+    max_bad_frames_per_minute: int = Field(default=60, ge=1)
     #: OCPP security profile: 0 none, 1 Basic over ws, 2 TLS + Basic, 3 mutual TLS.
     security_profile: Literal[0, 1, 2, 3] = 0
     #: The controller's certificate chain (PEM) for profiles 2 and 3.

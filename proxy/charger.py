@@ -382,6 +382,7 @@ class ChargerServer:
             else None,
             serial_cn=self._serial_cn(connection),
         )
+        session.max_bad_frames_per_minute = self.settings.listen.max_bad_frames_per_minute
         if self.replayer is not None:
             await self.replayer.attach(session)
             if hs.uplink is not None and await self._has_backlog(hs.identity):

@@ -191,6 +191,10 @@ class Session:
         self._drain: asyncio.Task[None] | None = None
         #: Profile 3 by serial number: the certificate CN the serial must be found in.
         self._serial_cn = serial_cn
+        #: Frames that are not OCPP-J at all, counted per minute (B13).
+        self.max_bad_frames_per_minute = 60
+        self._bad_since = 0.0
+        self._bad_count = 0
 
     @property
     def subprotocol(self) -> str:
@@ -364,6 +368,10 @@ class Session:
             elif kind is Note:
                 self.metrics.notes[effect.event] += 1  # type: ignore[union-attr]
                 self.log.info(effect.event, **effect.fields)  # type: ignore[union-attr]
+                if effect.fields.get("kind") == "malformed" and effect.event == (  # type: ignore[union-attr]
+                    "charger_bad_frame"
+                ):
+                    await self._bad_frame()
             elif kind is Exchange:
                 if self.observer is not None:
                     await self.observer.exchange(self, effect)  # type: ignore[arg-type]
@@ -373,6 +381,17 @@ class Session:
                 self._resolve(self._own_waiters, effect)  # type: ignore[arg-type]
                 if self._on_own_result is not None:
                     await self._on_own_result(effect)  # type: ignore[arg-type]
+
+    async def _bad_frame(self) -> None:
+        """Close a charger that keeps sending what is not OCPP-J at all (B13)."""
+        now = self._clock()
+        if now - self._bad_since > 60.0:
+            self._bad_since, self._bad_count = now, 0
+        self._bad_count += 1
+        if self._bad_count > self.max_bad_frames_per_minute:
+            self.metrics.security_events["bad_frame_rate"] += 1
+            self.log.warning("security_event", security_event="bad_frame_rate")
+            await self.charger.close(1003, "too many frames that are not OCPP-J")
 
     @staticmethod
     def _resolve(

@@ -584,6 +584,21 @@ async def test_binary_frame_gets_a_callerror_and_is_kept(bench: Bench, version: 
     await bench.check_unaffected()
 
 
+async def test_binary_frames_beyond_the_rate_close_1003(bench_factory: BenchFactory) -> None:
+    """B13: every binary frame gets its CALLERROR, and one more than
+    ``listen.max_bad_frames_per_minute`` closes the charger with 1003."""
+    bench = await bench_factory(listen={"max_bad_frames_per_minute": 3})
+    async with bench.charger("CP-BINS") as raw:
+        for _ in range(3):
+            await expect_callerror(raw, b"\x00", CODES[OCPP16]["malformed"])
+        with contextlib.suppress(ConnectionClosed):
+            await raw.send(b"\x00")
+        closed = await raw.wait_closed()
+    assert closed.code == 1003
+    assert bench.ctl.metrics.security_events["bad_frame_rate"] == 1
+    await bench.check_unaffected()
+
+
 async def test_invalid_utf8_text_frame_closes_1007(bench: Bench) -> None:
     """B14: a text frame that is not UTF-8 closes the charger with 1007; not forwarded."""
     async with bench.charger("CP-UTF") as raw:
