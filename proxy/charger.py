@@ -262,6 +262,7 @@ class ChargerServer:
                 identity, None, chosen, upstream_auth, user_agent, remote
             )
             return None
+        self.limiter.reached()
         if decision.verdict is Verdict.ASK_CSMS and authorization is not None:
             # The CSMS accepted these credentials: keep a hash for the next outage.
             try:

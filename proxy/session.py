@@ -105,6 +105,18 @@ class ConnectLimiter:
         self._last = -1e9
         self._lock = asyncio.Lock()
         self._queued = 0
+        self._reachable = asyncio.Event()
+
+    def reached(self) -> None:
+        """An uplink just opened: wake every session waiting out its back-off."""
+        self._reachable.set()
+        self._reachable.clear()
+
+    async def sleep_until_reachable(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if another uplink opens meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._reachable.wait()
 
     async def acquire(self, max_wait: float | None = None) -> bool:
         """Wait for the next opening; False (nothing taken) if it is likely further
@@ -321,7 +333,9 @@ class Session:
             wait = next(waits)
             if first and attempt == 0:
                 wait = min(wait, up.reconnect_min)
-            await asyncio.sleep(wait)
+            # Another uplink getting through means the CSMS is back: stop backing off
+            # (the connect rate still spaces the reconnects out).
+            await rc.limiter.sleep_until_reachable(wait)
             attempt += 1
             await rc.limiter.acquire()
             try:
@@ -336,6 +350,7 @@ class Session:
                 continue
             break
         self.uplink = uplink
+        rc.limiter.reached()
         self.router.uplink_back(draining=rc.drainer is not None)
         self.log.info("uplink_restored", attempts=attempt)
         self._spawn(self._uplink_loop(uplink), "uplink")
