@@ -1,11 +1,12 @@
-"""The store: one SQLite file in WAL mode, through aiosqlite.
+"""The store: one SQLite file in WAL mode.
 
 One owner writes: every change goes through :meth:`Store._write`, which a single writer
-task turns into transactions, committing all the changes waiting at that moment with one
-fsync (group commit, ``synchronous=FULL``). A change is durable when its ``await``
-returns; the offline responder answers a charger only after that. Reads use a second,
-read-only connection and see committed data only. Every read of the outbox is
-``ORDER BY seq``.
+task hands, batch by batch, to one writer thread and its own connection: all the changes
+waiting at that moment are committed in one transaction with one fsync (group commit,
+``synchronous=FULL``), in one hop to the thread whatever the batch size. A change is
+durable when its ``await`` returns; the offline responder answers a charger only after
+that. Reads go through aiosqlite on a second, read-only connection and see committed
+data only. Every read of the outbox is ``ORDER BY seq``.
 
 Tables: ``outbox`` (per-charger transaction messages, dead letters kept with
 ``state='dead'``), ``transactions`` (provisional 1.6 ids, their CSMS ids), the site local
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -206,6 +209,8 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Change] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None
         self._next_tx: int = tx_id_start
         #: One StartTransaction at a time per charger (its retries are recognised);
         #: chargers do not wait for each other.
@@ -235,6 +240,8 @@ class Store:
             tops = [r[0] for r in await cur.fetchall() if r[0] is not None]
         # Never hand out an id twice, even after old mappings were purged.
         self._next_tx = max([self._tx_id_start, *(t + 1 for t in tops[:1]), *tops[1:]])
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open_writer)
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
@@ -250,6 +257,11 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._executor is not None:
+            # The writer thread finishes a commit under way, then closes its connection.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_writer)
+            self._executor.shutdown(wait=True)
+            self._executor = None
         for conn in (self._reader, self._db):
             if conn is not None:
                 await conn.close()
@@ -306,24 +318,59 @@ class Store:
         self._queue.put_nowait(_Change(statements, done))
         await done
 
+    def _open_writer(self) -> None:
+        """In the writer thread: the connection that every change is committed on."""
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        con.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        self._wconn = con
+
+    def _close_writer(self) -> None:
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    def _commit_batch(self, statements: list[Statement]) -> None:
+        """In the writer thread: one transaction, one fsync, for everything waiting.
+
+        Consecutive runs of the same SQL go as one executemany.
+        """
+        con = self._wconn
+        if con is None:
+            raise StoreError("the store is not open")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            i, n = 0, len(statements)
+            while i < n:
+                sql = statements[i][0]
+                j = i + 1
+                while j < n and statements[j][0] == sql:
+                    j += 1
+                if j - i == 1:
+                    con.execute(sql, statements[i][1])
+                else:
+                    con.executemany(sql, [st[1] for st in statements[i:j]])
+                i = j
+            if ARMED:
+                crashpoint("before_commit")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise
+
     async def _write_loop(self) -> None:
-        db = self._require()
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             started = time.perf_counter()
+            statements = [st for change in batch for st in change.statements]
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._run_grouped(db, [s for c in batch for s in c.statements])
-                    if ARMED:
-                        crashpoint("before_commit")
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await db.execute("ROLLBACK")
-                    raise
+                # One hop to the writer thread per batch, whatever its size.
+                await loop.run_in_executor(self._executor, self._commit_batch, statements)
             except asyncio.CancelledError:
                 for change in batch:
                     if not change.done.done():
@@ -340,22 +387,6 @@ class Store:
             for change in batch:
                 if not change.done.done():
                     change.done.set_result(None)
-
-    @staticmethod
-    async def _run_grouped(db: aiosqlite.Connection, statements: list[Statement]) -> None:
-        """Run statements in order, consecutive runs of the same SQL as one executemany."""
-        i = 0
-        n = len(statements)
-        while i < n:
-            sql = statements[i][0]
-            j = i + 1
-            while j < n and statements[j][0] == sql:
-                j += 1
-            if j - i == 1:
-                await db.execute(sql, statements[i][1])
-            else:
-                await db.executemany(sql, [s[1] for s in statements[i:j]])
-            i = j
 
     # -- outbox ---------------------------------------------------------------------
 
