@@ -154,7 +154,8 @@ async def run_n(n: int, window: float, python: str) -> dict[str, Any]:
         OCPP_LC_POLICY__CONCURRENT_TX="false",
     )
     log = open(os.path.join(tmp, "controller.log"), "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([python, "-m", "proxy", "serve"], env=env, stdout=log, stderr=log)
+    cmd = os.environ.get("BENCH_CONTROLLER_CMD", "{python} -m proxy serve").format(python=python)
+    proc = subprocess.Popen(cmd.split(), env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 20
         while True:
