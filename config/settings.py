@@ -77,6 +77,9 @@ class ListenSettings(_Section):
     #: Profile 3: the client certificate's CN must equal the identity (``identity``), or
     #: contain the serial number the charger reports in its BootNotification (``serial``).
     cn_match: Literal["identity", "serial"] = "identity"
+    #: Profile 3: when set, the client certificate's organisation (O) must be this, the
+    #: operator's (CPO) name (A00.FR.4xx); unset: not checked.
+    client_org: str | None = None
     #: Connections open at once from one IP address (0: no limit).
     max_connections_per_ip: int = Field(default=1000, ge=0)
     #: Seconds before a refused login is answered (401), to slow down guessing.

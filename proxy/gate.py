@@ -83,11 +83,16 @@ def client_tls(settings: Settings) -> ssl.SSLContext | None:
 
 def certificate_cn(peercert: dict[str, Any] | None) -> str | None:
     """The common name of a peer certificate as ``ssl`` reports it."""
+    return certificate_field(peercert, "commonName")
+
+
+def certificate_field(peercert: dict[str, Any] | None, name: str) -> str | None:
+    """A subject field (``commonName``, ``organizationName`` ...) of a peer certificate."""
     if not peercert:
         return None
     for rdn in peercert.get("subject", ()):
         for key, value in rdn:
-            if key == "commonName":
+            if key == name:
                 return str(value)
     return None
 
@@ -180,6 +185,17 @@ class Gate:
                 )
                 await asyncio.sleep(self.settings.listen.auth_failure_delay)
                 return Decision(Verdict.UNAUTHORIZED, registered=False)
+        org = self.settings.listen.client_org
+        if (
+            profile == 3
+            and org is not None
+            and certificate_field(peercert, "organizationName") != org
+        ):
+            self.security_event(
+                "certificate_organisation_mismatch", charger=identity, remote=remote
+            )
+            await asyncio.sleep(self.settings.listen.auth_failure_delay)
+            return Decision(Verdict.UNAUTHORIZED, registered=False)
         registered = await self.registered(identity)
         credentials = parse_basic(authorization)
         credential, source = (None, None)

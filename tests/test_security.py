@@ -586,6 +586,20 @@ async def test_profile_3_certificate_naming_the_identity_is_admitted(
     assert not ctl.metrics.security_events
 
 
+async def test_profile_3_certificate_of_another_organisation_is_refused(
+    csms: CsmsPeer, controller_factory: ControllerFactory, pki: Pki
+) -> None:
+    """Profile 3 (B18, O != CPO): with ``listen.client_org`` set, a certificate of the
+    site CA naming the identity but another organisation is refused and logged."""
+    ctl = await controller_factory(listen={**tls_listen(pki, 3), "client_org": "Example CPO"})
+    stranger = TlsCharger(ctl.listen_port, "CP-MTLS", pki.client_context("CP-MTLS"))
+    with pytest.raises(InvalidStatus) as refused:
+        await stranger.connect()
+    assert refused.value.response.status_code == 401
+    assert ctl.metrics.security_events["certificate_organisation_mismatch"] == 1
+    assert "CP-MTLS" not in csms.request_headers
+
+
 async def test_profile_3_certificate_of_another_identity_is_refused_and_logged(
     csms: CsmsPeer, controller_factory: ControllerFactory, pki: Pki, logs: list[dict[str, Any]]
 ) -> None:
