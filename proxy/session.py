@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,16 +97,44 @@ class Drainer(Protocol):
 class ConnectLimiter:
     """Spaces uplink openings site-wide: at most ``rate`` per second.
 
-    Openings go one at a time, each at least 1/rate after the previous one actually
-    went, so a stalled event loop cannot release a burst of overdue slots.
+    The limit holds in every 100 ms window (at most rate/10 openings in any of them),
+    openings go one at a time at least half an interval apart, and a waiter woken late
+    by a busy event loop catches up within the window instead of losing its turn.
     """
+
+    WINDOW = 0.1
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
-        self._last = -1e9
+        self._per_window = max(1, int(rate * self.WINDOW))
+        self._recent: deque[float] = deque(maxlen=self._per_window)
         self._lock = asyncio.Lock()
         self._queued = 0
         self._reachable = asyncio.Event()
+
+    async def acquire(self, max_wait: float | None = None) -> bool:
+        """Wait for the next opening; False (nothing taken) if it is likely further
+        away than ``max_wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        if max_wait is not None and (self._queued + 1) * self._interval > max_wait:
+            return False
+        self._queued += 1
+        try:
+            async with self._lock:
+                while True:
+                    now = loop.time()
+                    wait = 0.0
+                    if self._recent:
+                        wait = self._recent[-1] + self._interval / 2 - now
+                    if len(self._recent) == self._per_window:
+                        wait = max(wait, self._recent[0] + self.WINDOW - now)
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait)
+                self._recent.append(loop.time())
+        finally:
+            self._queued -= 1
+        return True
 
     def reached(self) -> None:
         """An uplink just opened: wake every session waiting out its back-off."""
@@ -117,26 +146,6 @@ class ConnectLimiter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._reachable.wait()
-
-    async def acquire(self, max_wait: float | None = None) -> bool:
-        """Wait for the next opening; False (nothing taken) if it is likely further
-        away than ``max_wait`` seconds."""
-        loop = asyncio.get_running_loop()
-        if max_wait is not None:
-            ahead = max(0.0, self._last + self._interval - loop.time())
-            if ahead + self._queued * self._interval > max_wait:
-                return False
-        self._queued += 1
-        try:
-            async with self._lock:
-                wait = self._last + self._interval - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._last = loop.time()
-        finally:
-            self._queued -= 1
-        return True
-
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
