@@ -147,6 +147,7 @@ class ConnectLimiter:
             async with asyncio.timeout(delay):
                 await self._reachable.wait()
 
+
 @dataclass(frozen=True, slots=True)
 class Reconnect:
     """What a session needs to reopen its uplink by itself."""
