@@ -152,6 +152,10 @@ class OfflineResponder:
             return await handler(self, session, call, payload)
         except StoreError as exc:
             session.log.error("store_failed", action=call.action, error=str(exc))
+            session.metrics.security_events["store_write_failed"] += 1
+            session.log.warning(
+                "security_event", security_event="store_write_failed", error=str(exc)
+            )
             return self._error(dialect, call, ErrorKind.INTERNAL, "the message could not be stored")
 
     async def outbox_full(self, session: Session) -> bool:

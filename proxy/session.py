@@ -40,6 +40,7 @@ from proxy.router import (
     ToCharger,
     ToCsms,
 )
+from proxy.store import StoreError
 from proxy.uplink import (
     UplinkRefused,
     UplinkRequest,
@@ -354,6 +355,9 @@ class Session:
             except (UplinkRefused, UplinkUnavailable) as exc:
                 self.log.info("uplink_retry", attempt=attempt, error=str(exc))
                 continue
+            except Exception as exc:
+                self.log.warning("uplink_retry", attempt=attempt, error=repr(exc))
+                continue
             if uplink.subprotocol != self.subprotocol:
                 self.log.warning("uplink_subprotocol_mismatch", got=uplink.subprotocol)
                 await uplink.close(1002, "subprotocol changed")
@@ -399,7 +403,12 @@ class Session:
                     await self._bad_frame()
             elif kind is Exchange:
                 if self.observer is not None:
-                    await self.observer.exchange(self, effect)  # type: ignore[arg-type]
+                    try:
+                        await self.observer.exchange(self, effect)  # type: ignore[arg-type]
+                    except StoreError as exc:
+                        # Learning is best effort: the frames went through already.
+                        self.metrics.notes["learning_not_stored"] += 1
+                        self.log.error("learning_not_stored", error=str(exc))
             elif kind is ReplayResult:
                 self._resolve(self._waiters, effect)  # type: ignore[arg-type]
             elif kind is OwnResult:

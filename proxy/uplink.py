@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
 from config.settings import CsmsSettings
@@ -78,7 +78,9 @@ async def open_uplink(
     except InvalidStatus as exc:
         response = exc.response
         raise UplinkRefused(response.status_code, response.reason_phrase) from None
-    except (OSError, TimeoutError, InvalidHandshake) as exc:
+    except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
+        # WebSocketException covers a peer that accepts and closes at once
+        # (ConnectionClosed), as a CSMS restarting behind a load balancer does.
         raise UplinkUnavailable(f"{type(exc).__name__}: {exc}") from None
 
 
