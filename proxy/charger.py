@@ -34,7 +34,13 @@ from proxy.replay import Replayer
 from proxy.router import Router, State
 from proxy.session import ConnectLimiter, Observer, Reconnect, Responder, Session
 from proxy.store import StoreError
-from proxy.uplink import UplinkRefused, UplinkRequest, UplinkUnavailable, open_uplink
+from proxy.uplink import (
+    UplinkRefused,
+    UplinkRequest,
+    UplinkUnavailable,
+    first_common,
+    open_uplink,
+)
 from proxy.versions import SUPPORTED_SUBPROTOCOLS, dialect_for
 
 MAX_IDENTITY_LENGTH = 48
@@ -257,7 +263,7 @@ class ChargerServer:
             log.info("uplink_unavailable", error=str(exc))
             if unchecked:
                 await self._evict(identity, log)
-            chosen = next(p for p in SUPPORTED_SUBPROTOCOLS if p in ours)
+            chosen = first_common(ours, SUPPORTED_SUBPROTOCOLS)
             self._handshakes[connection] = _Handshake(
                 identity, None, chosen, upstream_auth, user_agent, remote
             )

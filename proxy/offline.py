@@ -271,13 +271,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
 
 async def _stop16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
     tx_id = p["transactionId"]
-    await r.store.append(
-        r.item(s, call, p, tx_id),
-        (
-            "UPDATE transactions SET stopped = 1 WHERE identity = ? AND provisional = ?",
-            (s.identity, tx_id),
-        ),
-    )
+    await r.store.append(r.item(s, call, p, tx_id), r.store.stop_transaction(s.identity, tx_id))
     r.site.stopped(s.identity, tx_id)
     answer: dict[str, Any] = {}
     tag = p.get("idTag")

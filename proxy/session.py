@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -175,7 +175,6 @@ class Session:
         responder: Responder | None = None,
         observer: Observer | None = None,
         reconnect: Reconnect | None = None,
-        on_own_result: Callable[[OwnResult], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
         serial_cn: str | None = None,
     ) -> None:
@@ -189,7 +188,6 @@ class Session:
         self._reconnect = reconnect
         #: What the uplink is reopened with (its credentials change with the charger's).
         self.uplink_request = reconnect.request if reconnect is not None else None
-        self._on_own_result = on_own_result
         self.metrics = metrics if metrics is not None else Metrics()
         self._forwarded = self.metrics.forwarded
         loop = asyncio.get_running_loop()
@@ -413,8 +411,6 @@ class Session:
                 self._resolve(self._waiters, effect)  # type: ignore[arg-type]
             elif kind is OwnResult:
                 self._resolve(self._own_waiters, effect)  # type: ignore[arg-type]
-                if self._on_own_result is not None:
-                    await self._on_own_result(effect)  # type: ignore[arg-type]
 
     async def _bad_frame(self) -> None:
         """Close a charger that keeps sending what is not OCPP-J at all (B13)."""

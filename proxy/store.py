@@ -475,14 +475,12 @@ class Store:
         )
         return (int(row[0]), str(row[1]), str(row[2] or "")) if row else None
 
-    async def mark_stopped(self, identity: str, provisional: int) -> None:
-        await self._write(
-            [
-                (
-                    "UPDATE transactions SET stopped = 1 WHERE identity = ? AND provisional = ?",
-                    (identity, provisional),
-                )
-            ]
+    @staticmethod
+    def stop_transaction(identity: str, provisional: int) -> Statement:
+        """The transaction ended offline (its StopTransaction is in the outbox)."""
+        return (
+            "UPDATE transactions SET stopped = 1 WHERE identity = ? AND provisional = ?",
+            (identity, provisional),
         )
 
     async def running_transactions(self) -> list[tuple[str, int, str]]:
