@@ -797,7 +797,9 @@ class CsmsPeer:
             for conn in list(self.live.values()):
                 if conn.ws is not None:
                     conn.ws.transport.abort()
-            server.close(close_connections=False)
+            # Connections still in their handshake were not live yet: closed normally,
+            # or wait_closed would wait for them (seen under load).
+            server.close()
         else:
             server.close()
         async with asyncio.timeout(timeout):
