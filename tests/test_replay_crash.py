@@ -111,7 +111,23 @@ class Service:
         return env
 
     async def start(self, *, armed: bool) -> None:
-        """Start a run (with the crash point if ``armed``) and wait until it is ready."""
+        """Start a run (with the crash point if ``armed``) and wait until it is ready.
+
+        A port picked free can be taken by another socket before the service binds it:
+        then the run is retried on fresh ports (the chargers read ``listen_port``)."""
+        for _ in range(3):
+            try:
+                await self._start(armed=armed)
+                return
+            except AssertionError:
+                if "Address already in use" not in self.log_text():
+                    raise
+                await self.wait_exit(5.0)
+                self.proc = None
+                self.listen_port, self.admin_port = free_port(), free_port()
+        await self._start(armed=armed)
+
+    async def _start(self, *, armed: bool) -> None:
         assert self.proc is None
         self.runs += 1
         env = self.env()
