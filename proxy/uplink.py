@@ -33,6 +33,11 @@ class UplinkUnavailable(Exception):
     """The CSMS could not be reached (refused, timed out, TLS or protocol failure)."""
 
 
+#: Handshake answers that say the CSMS (or the load balancer in front of it) is in
+#: trouble, not that it refuses this charger: the charger is served offline instead.
+UNAVAILABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkRequest:
     """What the uplink needs from the charger's handshake."""
@@ -77,6 +82,10 @@ async def open_uplink(
         )
     except InvalidStatus as exc:
         response = exc.response
+        if response.status_code in UNAVAILABLE_STATUSES:
+            raise UplinkUnavailable(
+                f"CSMS answered the handshake with HTTP {response.status_code}"
+            ) from None
         raise UplinkRefused(response.status_code, response.reason_phrase) from None
     except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
         # WebSocketException covers a peer that accepts and closes at once

@@ -235,6 +235,26 @@ async def test_csms_refusal_reaches_charger_with_same_status(
     csms.assert_clean()
 
 
+@pytest.mark.parametrize("status", [502, 503, 429])
+async def test_csms_in_trouble_at_handshake_means_offline_not_refused(
+    csms: CsmsPeer, fast_controller: ControllerFactory, status: int
+) -> None:
+    """A CSMS (or its load balancer) answering the handshake with 5xx or 429 is an outage:
+    the charger is let in and served offline, and its uplink opens once the CSMS is back."""
+    ctl = await fast_controller()
+    csms.refusals[IDENTITY] = status
+    async with RawCharger(controller_url(ctl.listen_port), IDENTITY) as charger:
+        answer = await charger.call("Heartbeat", {})
+        assert answer[0] == CALLRESULT and "currentTime" in answer[2]
+        assert csms.connections[IDENTITY] == 0
+        assert csms.request_headers[IDENTITY], "the controller never asked the CSMS"
+        del csms.refusals[IDENTITY]
+        await csms.wait_connected(IDENTITY, timeout=10.0)
+        answer = await charger.call("Heartbeat", {})
+        assert answer[0] == CALLRESULT
+    assert csms.connections[IDENTITY] == 1
+
+
 @pytest.fixture
 async def csms_16_only() -> AsyncIterator[CsmsPeer]:
     """A CSMS that speaks OCPP 1.6 only."""
