@@ -374,6 +374,8 @@ class Session:
             for fut in waiters.values():
                 if not fut.done():
                     fut.set_exception(UplinkGone())
+                    # its caller may have been cancelled with the drain: not an error
+                    fut.exception()
             waiters.clear()
 
     async def _apply(self, effects: list[Effect]) -> None:
