@@ -112,7 +112,9 @@ class CsmsSettings(_Section):
     pass_authorization: bool = True
     #: Negotiate permessage-deflate with the CSMS (costs CPU on both sides).
     compression: bool = False
-    #: Seconds the controller waits for the CSMS to answer a call it forwarded.
+    #: Seconds the controller waits for the CSMS to answer a call it forwarded; past it
+    #: the charger is answered locally and the uplink replaced. Keep it below the
+    #: chargers' own message timeout.
     call_timeout: float = Field(default=30.0, gt=0)
     #: CA bundle (PEM) the CSMS certificate is verified against (wss://); default: the
     #: system's trust store.

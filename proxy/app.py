@@ -64,6 +64,7 @@ class Controller:
         self.admin = AdminServer(settings.admin, build_app(self))
         self._ready = False
         self._watchdog: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
 
     @property
     def listen_port(self) -> int:
@@ -101,6 +102,7 @@ class Controller:
         await self.chargers.start()
         await self.admin.start()
         self._watchdog = asyncio.create_task(self._watch_outboxes(), name="outbox-watchdog")
+        self._timer = asyncio.create_task(self._watch_calls(), name="call-timer")
         self._ready = True
         self.log.info(
             "controller_started",
@@ -125,6 +127,16 @@ class Controller:
                 await self.store.purge_mappings(time.time() - grace)
             except StoreError as exc:
                 self.log.error("outbox_watchdog_failed", error=str(exc))
+
+    async def _watch_calls(self) -> None:
+        """Answer a charger whose call the CSMS leaves unanswered past ``call_timeout``
+        within a quarter of that timeout (at most half a second) of it passing."""
+        period = min(0.5, self.settings.csms.call_timeout / 4)
+        sessions = self.chargers.sessions
+        while True:
+            await asyncio.sleep(period)
+            for session in list(sessions.values()):
+                session.check_timeouts()
 
     async def _new_password(self, session: Session, password: bytes) -> None:
         """The CSMS set a new Basic password and the charger accepted it (R43): the next
@@ -155,10 +167,11 @@ class Controller:
     async def stop(self) -> None:
         self._ready = False
         self.log.info("controller_stopping")
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        for task in (self._watchdog, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         grace = self.settings.runtime.shutdown_grace
         started = time.monotonic()
         try:

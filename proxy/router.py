@@ -100,7 +100,16 @@ class Note:
     fields: dict[str, Any]
 
 
-Effect = ToCsms | ToCharger | Answer | OwnResult | ReplayResult | Exchange | Note
+@dataclass(slots=True)
+class Unresponsive:
+    """The CSMS left a charger call unanswered past ``call_timeout``: the router is
+    OFFLINE already (the call answered locally; a transaction message stored, to be
+    replayed in order); the session drops this uplink and opens a new one."""
+
+    action: str
+
+
+Effect = ToCsms | ToCharger | Answer | OwnResult | ReplayResult | Exchange | Note | Unresponsive
 
 
 @dataclass(slots=True)
@@ -139,8 +148,11 @@ class Router:
         # CSMS or controller -> charger
         self._down: _Pending | None = None
         self._down_queue: deque[tuple[Call, Origin]] = deque()
-        # the last charger call answered, for an idempotent answer to a retry (same id)
+        # the last charger call answered, for an idempotent answer to a retry
         self._last_call: Call | None = None
+        #: A charger's retries, under new ids, of a transaction call waiting upstream
+        #: (keyed by the id of the call they repeat): answered with its answer.
+        self._retries: dict[str, list[Call]] = {}
         self._last_answer: str | None = None
         #: The id of the last call the controller sent to the charger.
         self.last_own_call_id = ""
@@ -172,18 +184,22 @@ class Router:
     def _charger_call(self, call: Call, now: float) -> list[Effect]:
         effects = self._expire_up(now)
         last = self._last_call
-        if (
-            last is not None
-            and last.id == call.id
-            and last.raw == call.raw
-            and self._last_answer is not None
-        ):
-            effects += [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
-            return effects
+        if last is not None and self._last_answer is not None:
+            if last.id == call.id and last.raw == call.raw:
+                effects += [ToCharger(self._last_answer), Note("charger_retry_answered", {})]
+                return effects
+            if last.id != call.id and self._same_content(last, call):
+                # A retry under a new id of a transaction message already answered: the
+                # same answer, not a second forwarding (R39, F3).
+                text = frames.with_message_id(self._last_answer, call.id)
+                return [*effects, ToCharger(text), Note("charger_retry_answered", {})]
         up = self._up
         if up is None:
             return effects + self._send_up(call, Origin.CHARGER, now)
-        waiting = [up.received or up.call, *(q for q, _ in self._up_queue)]
+        waiting = [
+            *((up.received or up.call,) if up.origin is Origin.CHARGER else ()),
+            *(q for q, o in self._up_queue if o is Origin.CHARGER),
+        ]
         same_id = [w for w in waiting if w.id == call.id]
         if same_id:
             if any(w.raw == call.raw for w in same_id):
@@ -195,6 +211,10 @@ class Router:
                 "charger_duplicate_id",
                 to_charger=True,
             )
+        for w in waiting:
+            if self._same_content(w, call):
+                self._retries.setdefault(w.id, []).append(call)
+                return [*effects, Note("charger_retry_pending", {"message_id": call.id})]
         if not self._goes_up(call):
             return [*effects, Answer(call)]
         if len(self._up_queue) >= self._max_queued:
@@ -206,13 +226,37 @@ class Router:
         self._up_queue.append((call, Origin.CHARGER))
         return [*effects, Note("charger_call_queued", {"action": call.action})]
 
+    def _same_content(self, earlier: Call, call: Call) -> bool:
+        """Whether ``call`` repeats ``earlier`` under another id (transaction messages)."""
+        action = call.action
+        if action != earlier.action or action not in self.dialect.transaction_actions:
+            return False
+        a, b = earlier.payload, call.payload
+        if type(a) is not dict or type(b) is not dict:
+            return False
+        key = self.dialect.dedupe_key
+        return bool(key(action, a) == key(action, b))
+
+    def expire(self, now: float) -> list[Effect]:
+        """Calls past ``call_timeout`` (called by a timer, not only on the next frame)."""
+        return self._expire_up(now) + self._expire_down(now)
+
     def _expire_up(self, now: float) -> list[Effect]:
-        """Give up a call the CSMS did not answer in time; send the next one waiting."""
+        """Give up a call the CSMS did not answer in time.
+
+        A charger call is answered locally, in time for the charger's own timeout, by
+        going OFFLINE: a transaction message is stored and replayed in order, and the
+        session opens a new uplink, so that the CSMS never has two calls of this charger
+        open on one connection and a late answer can never meet the wrong call.
+        """
         up = self._up
         if up is None or now - up.since <= self._call_timeout:
             return []
-        self._up = None
-        return [Note("csms_answer_timed_out", {"action": up.call.action}), *self._next_up(now)]
+        note = Note("csms_answer_timed_out", {"action": up.call.action})
+        if up.origin is not Origin.CHARGER:
+            self._up = None
+            return [note, *self._next_up(now)]
+        return [note, *self.uplink_lost(now), Unresponsive(up.call.action)]
 
     def _goes_up(self, call: Call) -> bool:
         """Whether a charger call is forwarded now (else it is answered locally)."""
@@ -225,7 +269,7 @@ class Router:
         received = call
         if origin is Origin.CHARGER:
             if not self._goes_up(call):
-                return [Answer(call)]
+                return [Answer(call), *map(Answer, self._retries.pop(call.id, ()))]
             if (
                 self.tx_up or self.deauthorized
             ) and call.action in self.dialect.transaction_actions:
@@ -236,6 +280,8 @@ class Router:
     def replay_call(self, call: Call, now: float) -> list[Effect]:
         """Send a call of the controller's own upstream, in the one slot (queued if busy)."""
         effects = self._expire_up(now)
+        if effects and type(effects[-1]) is Unresponsive:
+            return effects  # the uplink is being dropped; the drain ends with it
         if self._up is not None:
             self._up_queue.append((call, Origin.CONTROLLER))
             return effects
@@ -296,9 +342,13 @@ class Router:
         if up.origin is Origin.CONTROLLER:
             effects = [ReplayResult(up.call, frame)]
         else:
-            self._last_call = up.received or up.call
+            received = up.received or up.call
+            self._last_call = received
             self._last_answer = frame.raw
             effects = [ToCharger(frame.raw, up.call.action)]
+            if self._retries:
+                for retry in self._retries.pop(received.id, ()):
+                    effects.append(ToCharger(frames.with_message_id(frame.raw, retry.id)))
             if up.call.action in self.watched:
                 effects.append(Exchange(Origin.CHARGER, up.call, frame))
         if self._up_queue:
@@ -355,13 +405,18 @@ class Router:
             now = self._now
         self.state = State.OFFLINE
         effects: list[Effect] = []
+        retries = self._retries
+        self._retries = {}
         if self._up is not None and self._up.origin is Origin.CHARGER:
             effects.append(Answer(self._up.call))
+            received = self._up.received or self._up.call
+            effects.extend(map(Answer, retries.get(received.id, ())))
         self._up = None
         while self._up_queue:
             call, origin = self._up_queue.popleft()
             if origin is Origin.CHARGER:
                 effects.append(Answer(call))
+                effects.extend(map(Answer, retries.get(call.id, ())))
         if self._down is not None and self._down.origin is Origin.CSMS:
             self._down = None
         self._down_queue = deque(x for x in self._down_queue if x[1] is not Origin.CSMS)

@@ -39,6 +39,7 @@ from proxy.router import (
     State,
     ToCharger,
     ToCsms,
+    Unresponsive,
 )
 from proxy.store import StoreError
 from proxy.uplink import (
@@ -315,9 +316,11 @@ class Session:
         clock = self._clock
         with contextlib.suppress(ConnectionClosed):
             async for message in uplink:
+                if self.uplink is not uplink:
+                    break  # dropped as unresponsive: its late frames are not read
                 await self._apply(router.csms_frame(message, clock()))
         code, reason = uplink.close_code, uplink.close_reason
-        if self._closing:
+        if self._closing or self.uplink is not uplink:
             return
         self.log.info("uplink_lost", code=code, reason=reason)
         self.uplink = None
@@ -413,6 +416,38 @@ class Session:
                 self._resolve(self._waiters, effect)  # type: ignore[arg-type]
             elif kind is OwnResult:
                 self._resolve(self._own_waiters, effect)  # type: ignore[arg-type]
+            elif kind is Unresponsive:
+                self._drop_unresponsive_uplink(effect.action)  # type: ignore[union-attr,arg-type]
+
+    def check_timeouts(self) -> None:
+        """Give up calls past ``call_timeout`` (run by the controller's timer)."""
+        if self._closing:
+            return
+        effects = self.router.expire(self._clock())
+        if effects:
+            self._spawn(self._apply(effects), "timeout")
+
+    def _drop_unresponsive_uplink(self, action: str) -> None:
+        """The CSMS left a charger call unanswered past ``call_timeout``: the router went
+        OFFLINE (the call answered locally; a transaction message stored, to be replayed
+        in order); this uplink is closed and a new one opened."""
+        uplink = self.uplink
+        if uplink is None:
+            return
+        self.uplink = None
+        self.metrics.notes["uplink_unresponsive"] += 1
+        self.log.warning("uplink_unresponsive", action=action)
+        self._fail_waiters()
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+        self._spawn(self._reopen(uplink), "reopen")
+
+    async def _reopen(self, uplink: ClientConnection) -> None:
+        await uplink.close(1001, "no answer within call_timeout")
+        if self.responder is None:
+            await self.charger.close(1001, "CSMS unresponsive")
+        elif self._reconnect is not None:
+            self._spawn(self._reconnect_loop(first=False), "reconnect")
 
     async def _bad_frame(self) -> None:
         """Close a charger that keeps sending what is not OCPP-J at all (B13)."""

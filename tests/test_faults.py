@@ -664,11 +664,6 @@ async def run_f3_same_id(csms: CsmsPeer, ctl: Controller, delay: float) -> None:
     csms.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug (issue 8): retries are recognised by message id only, so a retry "
-    "under a new id of a StartTransaction still in flight goes to the CSMS again",
-)
 async def test_f3_slow_csms_retry_with_a_new_id_is_not_forwarded_twice(
     csms: CsmsPeer, fast_controller: ControllerFactory
 ) -> None:
@@ -703,11 +698,6 @@ async def test_f3_slow_csms_retry_with_a_new_id_is_not_forwarded_twice(
     csms.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug (issue 8): a forwarded call is only given up when the next frame "
-    "arrives; no timer answers the charger locally when csms.call_timeout passes",
-)
 async def test_f3_call_past_the_controllers_timeout_is_answered_in_time(
     csms: CsmsPeer, fast_controller: ControllerFactory
 ) -> None:
@@ -745,6 +735,53 @@ async def test_f3_call_past_the_controllers_timeout_is_answered_in_time(
         f"no answer within the charger's {charger_timeout} s although the controller gave up "
         f"after {call_timeout} s"
     )
+    assert len(late) == 1, "the CSMS's late answer reached the charger as well"
+    assert max_in_flight(csms) <= 1
+
+
+async def test_f3_transaction_message_past_the_timeout_is_stored_and_replayed_in_order(
+    csms: CsmsPeer, fast_controller: ControllerFactory
+) -> None:
+    """F3: a MeterValues the CSMS never answers is answered locally after call_timeout,
+    stored, and replayed on a new uplink before the StopTransaction that follows it."""
+    call_timeout = 1.0
+    ctl = await fast_controller(csms={"call_timeout": call_timeout})
+    silent = csms.ignore("MeterValues", times=1)
+    async with RawCharger(controller_url(ctl.listen_port), IDENTITY) as raw:
+        await answer_to(raw, frame("b1", "BootNotification", BOOT_16))
+        started = await answer_to(raw, frame("s1", "StartTransaction", start_payload(TAG, 1000)))
+        tx_id = started[2]["transactionId"]
+        began = time.monotonic()
+        meter = await answer_to(raw, frame("m1", "MeterValues", meter_payload(tx_id, 1500)))
+        took = time.monotonic() - began
+        stop = {"transactionId": tx_id, "meterStop": 2000, "timestamp": "2025-01-01T12:01:00.000Z"}
+        stopped = await answer_to(raw, frame("t1", "StopTransaction", stop))
+        await wait_drained(ctl)
+    ups = [
+        (e.action, e.request.get("transactionId"))
+        for e in ledger(csms.frames[IDENTITY], calls="received")
+        if e.action in ("StartTransaction", "MeterValues", "StopTransaction")
+    ]
+    figures_line(
+        "F3",
+        case="transaction-message-past-timeout",
+        controller_call_timeout_s=call_timeout,
+        answered_after_s=took,
+        csms_connections=csms.connections[IDENTITY],
+        forwarded=ups,
+        max_in_flight=max_in_flight(csms),
+    )
+    assert silent.hits == 1
+    assert meter[0] == CALLRESULT and took < call_timeout + 1.0
+    assert stopped[0] == CALLRESULT
+    assert csms.connections[IDENTITY] == 2, "the silent uplink was not replaced"
+    # the stored MeterValues went up again before the stop, with the CSMS's id: order
+    # kept, the one given up counted as the allowed duplicate
+    assert ups[0] == ("StartTransaction", None)
+    assert ups[-2:] == [("MeterValues", tx_id), ("StopTransaction", tx_id)]
+    assert ups.count(("MeterValues", tx_id)) <= 2
+    assert max_in_flight(csms) <= 1
+    csms.assert_clean()
 
 
 def _received(raw: RawCharger) -> list[str | bytes]:

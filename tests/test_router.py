@@ -24,6 +24,7 @@ from proxy.router import (
     State,
     ToCharger,
     ToCsms,
+    Unresponsive,
 )
 from proxy.versions import Dialect, dialect_for
 
@@ -75,8 +76,11 @@ class TextRouter(Router):
     def abandon_upstream(self, message_id: str, now: float) -> list[Effect]:
         return wire(super().abandon_upstream(message_id, now))
 
-    def uplink_lost(self) -> list[Effect]:
-        return wire(super().uplink_lost())
+    def uplink_lost(self, now: float | None = None) -> list[Effect]:
+        return wire(super().uplink_lost(now))
+
+    def expire(self, now: float) -> list[Effect]:
+        return wire(super().expire(now))
 
 
 def router(dialect: Dialect = D16, **kwargs: Any) -> Router:
@@ -499,20 +503,28 @@ def test_refusal_with_an_escaped_lone_surrogate_id_is_sendable(dialect: Dialect)
 # -- timeouts (the ``now`` argument) -------------------------------------------------
 
 
-def test_stale_charger_call_is_dropped_and_the_next_call_goes_up() -> None:
-    """After call_timeout without a CSMS answer, the next charger call goes straight up."""
+def test_charger_call_past_the_timeout_is_answered_locally_and_the_uplink_dropped() -> None:
+    """F3: past call_timeout the charger's call is answered locally (OFFLINE) and the
+    session is told to open a new uplink; a later call is answered locally as well."""
     r = router()
     r.charger_frame(hb("a"), 100.0)
-    at_limit = r.charger_frame(hb("b"), 100.0 + TIMEOUT)
-    assert sent(at_limit) == []  # exactly at the limit the call is still open
-    r2 = router()
-    r2.charger_frame(hb("a"), 100.0)
-    effects = r2.charger_frame(hb("b"), 100.0 + TIMEOUT + 0.001)
-    assert sent(effects) == [ToCsms(hb("b"))]
+    assert r.expire(100.0 + TIMEOUT) == []  # exactly at the limit the call is still open
+    effects = r.expire(100.0 + TIMEOUT + 0.001)
     assert notes(effects) == ["csms_answer_timed_out"]
-    # the late answer to the dropped call is discarded, the live one goes through
-    assert sent(r2.csms_frame(ok("a"), 200.0)) == []
-    assert r2.csms_frame(ok("b"), 200.0) == [ToCharger(ok("b"))]
+    assert sent(effects) == [Answer(frames.parse(hb("a"))), Unresponsive("Heartbeat")]  # type: ignore[arg-type]
+    assert r.state is State.OFFLINE
+    assert sent(r.charger_frame(hb("b"), 200.0)) == [Answer(frames.parse(hb("b")))]  # type: ignore[arg-type]
+    # a late answer to the given-up call reaches nobody
+    assert sent(r.csms_frame(ok("a"), 200.0)) == []
+
+
+def test_the_next_frame_also_gives_up_a_stale_call() -> None:
+    """Without the timer, the next frame from the charger finds the stale call."""
+    r = router()
+    r.charger_frame(hb("a"), 0.0)
+    effects = r.charger_frame(hb("b"), TIMEOUT + 1.0)
+    assert [type(e) for e in sent(effects)] == [Answer, Unresponsive, Answer]
+    assert [e.call.id for e in effects if isinstance(e, Answer)] == ["a", "b"]
 
 
 def test_timeout_is_measured_from_when_the_call_went_up() -> None:
@@ -521,31 +533,91 @@ def test_timeout_is_measured_from_when_the_call_went_up() -> None:
     r.charger_frame(hb("a"), 0.0)
     r.charger_frame(hb("b"), 1.0)
     r.csms_frame(ok("a"), 25.0)  # b goes up at 25
-    assert sent(r.charger_frame(hb("c"), 50.0)) == []  # 25 s after b went up: still open
+    assert r.expire(50.0) == []  # 25 s after b went up: still open
+    assert r.state is State.ONLINE
 
 
-def test_retry_with_the_same_id_after_the_timeout_is_forwarded() -> None:
-    """R11: a retry after a timeout may reuse the id; the controller sends it up again."""
-    r = router()
-    r.charger_frame(hb("a"), 0.0)
-    effects = r.charger_frame(hb("a"), TIMEOUT + 1.0)
-    assert ToCsms(hb("a")) in effects
-    assert r.csms_frame(ok("a"), TIMEOUT + 2.0) == [ToCharger(ok("a"))]
-
-
-def test_queued_charger_calls_keep_their_order_when_the_open_one_times_out() -> None:
-    """Charger calls reach the CSMS in arrival order even when the open one timed out.
-
-    Transaction messages must reach the CSMS in order; a call that arrives after the
-    timeout must not overtake the calls already waiting.
-    """
+def test_queued_charger_calls_are_answered_in_order_when_the_open_one_times_out() -> None:
+    """The open call and those waiting behind it are answered locally in arrival order,
+    so that transaction messages are stored (and replayed) in the order they were sent."""
     r = router()
     r.charger_frame(hb("a"), 0.0)
     r.charger_frame(hb("b"), 1.0)
-    ups = [e.text for e in r.charger_frame(hb("c"), TIMEOUT + 1.0) if isinstance(e, ToCsms)]
-    for mid in "bc":
-        ups += [e.text for e in r.csms_frame(ok(mid), TIMEOUT + 2.0) if isinstance(e, ToCsms)]
-    assert ups == [hb("b"), hb("c")]
+    r.charger_frame(hb("c"), 2.0)
+    effects = r.expire(TIMEOUT + 1.0)
+    assert [e.call.id for e in effects if isinstance(e, Answer)] == ["a", "b", "c"]
+    assert [e for e in effects if isinstance(e, ToCsms)] == []
+
+
+def test_replayed_call_past_the_timeout_frees_the_slot_only() -> None:
+    """A call of the controller's own that times out frees the slot; the router stays ONLINE."""
+    r = router()
+    replayed = frames.parse(frames.call("r1", "MeterValues", {"connectorId": 1}))
+    assert isinstance(replayed, Call)
+    r.replay_call(replayed, 0.0)
+    r.charger_frame(hb("a"), 1.0)
+    effects = r.expire(TIMEOUT + 0.5)
+    assert notes(effects) == ["csms_answer_timed_out"]
+    assert sent(effects) == [ToCsms(hb("a"))]
+    assert r.state is State.ONLINE
+
+
+def start(mid: str, meter: int = 100) -> str:
+    payload = {
+        "connectorId": 1,
+        "idTag": "TAG1",
+        "meterStart": meter,
+        "timestamp": "2026-12-01T10:00:00Z",
+    }
+    return frames.call(mid, "StartTransaction", payload)
+
+
+def test_retry_under_a_new_id_of_the_open_transaction_call_is_not_forwarded() -> None:
+    """F3: a StartTransaction retried under a new id while the first is with the CSMS
+    is not sent again; the CSMS's answer goes to both ids."""
+    r = router()
+    assert sent(r.charger_frame(start("s1"), 0.0)) == [ToCsms(start("s1"))]
+    assert sent(r.charger_frame(start("s2"), 1.0)) == []
+    answer = ok("s1", {"transactionId": 7, "idTagInfo": {"status": "Accepted"}})
+    effects = r.csms_frame(answer, 2.0)
+    assert effects == [
+        ToCharger(answer),
+        ToCharger(ok("s2", {"transactionId": 7, "idTagInfo": {"status": "Accepted"}})),
+    ]
+
+
+def test_retry_under_a_new_id_after_the_answer_gets_the_same_answer() -> None:
+    r = router()
+    r.charger_frame(start("s1"), 0.0)
+    r.csms_frame(ok("s1", {"transactionId": 7, "idTagInfo": {"status": "Accepted"}}), 1.0)
+    effects = r.charger_frame(start("s2"), 2.0)
+    assert sent(effects) == [
+        ToCharger(ok("s2", {"transactionId": 7, "idTagInfo": {"status": "Accepted"}}))
+    ]
+
+
+def test_another_transaction_message_with_a_new_id_is_forwarded() -> None:
+    """Only the same content is a retry: another meterStart is a new start."""
+    r = router()
+    r.charger_frame(start("s1"), 0.0)
+    r.csms_frame(ok("s1", {"transactionId": 7, "idTagInfo": {"status": "Accepted"}}), 1.0)
+    assert sent(r.charger_frame(start("s2", meter=200), 2.0)) == [ToCsms(start("s2", meter=200))]
+
+
+def test_heartbeats_with_new_ids_are_not_retries() -> None:
+    """Content matching is for transaction messages: a second Heartbeat goes up."""
+    r = router()
+    r.charger_frame(hb("a"), 0.0)
+    r.csms_frame(ok("a"), 1.0)
+    assert sent(r.charger_frame(hb("b"), 2.0)) == [ToCsms(hb("b"))]
+
+
+def test_retry_of_an_open_call_is_answered_locally_with_it_when_the_uplink_goes() -> None:
+    r = router()
+    r.charger_frame(start("s1"), 0.0)
+    r.charger_frame(start("s2"), 1.0)
+    effects = r.uplink_lost(2.0)
+    assert [e.call.id for e in effects if isinstance(e, Answer)] == ["s1", "s2"]
 
 
 def test_stale_call_to_the_charger_is_dropped_and_the_next_goes_down() -> None:
@@ -834,12 +906,15 @@ def test_replay_call_waits_for_the_open_charger_call() -> None:
     assert r.csms_frame(ok("a"), 2.0) == [ToCharger(ok("a")), ToCsms(call.raw)]
 
 
-def test_replay_call_after_a_stale_call_goes_up_at_once() -> None:
-    """A replayed call does not wait behind a call open longer than call_timeout."""
+def test_replay_call_after_a_stale_call_is_not_sent() -> None:
+    """A replayed call finding a charger call open past call_timeout does not go up:
+    the stale call is answered locally and the uplink is to be dropped."""
     r = router()
     r.charger_frame(hb("a"), 0.0)
     call = stored("r1")
-    assert sent(r.replay_call(call, TIMEOUT + 1.0)) == [ToCsms(call.raw)]
+    effects = r.replay_call(call, TIMEOUT + 1.0)
+    assert [type(e) for e in sent(effects)] == [Answer, Unresponsive]
+    assert r.state is State.OFFLINE
 
 
 def test_charger_call_waits_behind_a_replayed_call() -> None:
