@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from policies.authorization import (
 from proxy import frames
 from proxy.frames import Call, ErrorKind
 from proxy.router import State
-from proxy.site import Site
+from proxy.site import Site, parse_time
 from proxy.store import NewTransaction, OutboxItem, Store, StoreError
 from proxy.versions import Dialect
 from proxy.versions.ocpp16 import dedupe_key
@@ -51,7 +52,55 @@ _BOOT_STATUS = {"accept": "Accepted", "pending": "Pending", "reject": "Rejected"
 
 def now_iso() -> str:
     """The controller's time as OCPP writes it (UTC, milliseconds, ``Z``)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso(datetime.now(UTC))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class GuardedClock:
+    """The time offline answers give chargers (``currentTime``): the edge clock, but
+    never behind the last time the CSMS gave, carried forward on the monotonic clock.
+
+    An edge box that booted without a time source (RTC lost, no NTP on the site LAN)
+    would otherwise set every charger's clock to 1970 while the uplink is down, and
+    their offline transactions with it (F12).
+    """
+
+    def __init__(
+        self,
+        tolerance: float = 2.0,
+        *,
+        wall: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tolerance = tolerance
+        self._wall = wall
+        self._monotonic = monotonic
+        self._good: datetime | None = None
+        self._at = 0.0
+        #: How far the edge clock was behind the guard at the last answer (s, >= 0).
+        self.behind = 0.0
+
+    def observe(self, value: Any) -> None:
+        """A ``currentTime`` the CSMS sent (BootNotification / Heartbeat answer)."""
+        moment = parse_time(value)
+        if moment is not None:
+            self._good, self._at = moment, self._monotonic()
+
+    def now(self) -> datetime:
+        edge = datetime.now(UTC) if self._wall is None else self._wall()
+        good = self._good
+        if good is None:
+            return edge
+        floor = good + timedelta(seconds=self._monotonic() - self._at)
+        behind = (floor - edge).total_seconds()
+        self.behind = max(behind, 0.0)
+        return floor if behind > self.tolerance else edge
+
+    def now_iso(self) -> str:
+        return _iso(self.now())
 
 
 @functools.lru_cache(maxsize=256)
@@ -123,11 +172,19 @@ class OfflineResponder:
         self.settings = settings
         self.store = store
         self.site = site
+        self.clock = GuardedClock()
         self._tables: dict[str, dict[str, Handler]] = {
             "ocpp1.6": OCPP16,
             "ocpp2.0.1": OCPP201,
             "ocpp2.1": OCPP201,
         }
+
+    def clock_iso(self) -> str:
+        """``currentTime`` for an offline answer (see :class:`GuardedClock`)."""
+        text = self.clock.now_iso()
+        if self.clock.behind > self.clock.tolerance:
+            self.site.metrics.notes["edge_clock_behind_csms"] += 1
+        return text
 
     async def answer(self, session: Session, call: Call) -> str | None:
         dialect = session.router.dialect
@@ -213,14 +270,14 @@ async def _boot16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]
         call.id,
         {
             "status": status,
-            "currentTime": now_iso(),
+            "currentTime": r.clock_iso(),
             "interval": r.settings.offline.heartbeat_interval,
         },
     )
 
 
 async def _heartbeat16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
-    return frames.result(call.id, {"currentTime": now_iso()})
+    return frames.result(call.id, {"currentTime": r.clock_iso()})
 
 
 async def _authorize16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
@@ -365,7 +422,7 @@ async def _boot201(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
     return frames.result(
         call.id,
         {
-            "currentTime": now_iso(),
+            "currentTime": r.clock_iso(),
             "interval": r.settings.offline.heartbeat_interval,
             "status": status,
         },

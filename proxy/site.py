@@ -102,6 +102,9 @@ class Site:
         self.on_new_password: Callable[[Session, bytes], Awaitable[None]] | None = None
         #: Called with every MeterValues that passes through (the energy-cap policy).
         self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
+        #: Told the ``currentTime`` of each BootNotification / Heartbeat answer passed
+        #: through (the offline answers' clock guard).
+        self.on_csms_time: Callable[[Any], None] | None = None
 
     async def load(self) -> None:
         for identity, provisional, key in await self.store.running_transactions():
@@ -165,6 +168,10 @@ class Site:
         identity = session.identity
         action = call.action
         if effect.origin is Origin.CHARGER:
+            if action in ("BootNotification", "Heartbeat") and self.on_csms_time is not None:
+                self.on_csms_time(result.get("currentTime"))
+            if action == "Heartbeat":
+                return
             if action == "BootNotification":
                 await self.store.record_boot(
                     identity,

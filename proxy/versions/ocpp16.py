@@ -156,6 +156,7 @@ DIALECT = Dialect(
         {
             "Authorize",
             "BootNotification",
+            "Heartbeat",
             "StartTransaction",
             "StopTransaction",
             "StatusNotification",

@@ -126,6 +126,7 @@ _WATCHED = frozenset(
     {
         "Authorize",
         "BootNotification",
+        "Heartbeat",
         "TransactionEvent",
         "StatusNotification",
         "SendLocalList",
