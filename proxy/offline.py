@@ -80,17 +80,24 @@ class GuardedClock:
         self._monotonic = monotonic
         self._good: datetime | None = None
         self._at = 0.0
+        self._seen: Any = None
+        self._seen_at = 0.0
         #: How far the edge clock was behind the guard at the last answer (s, >= 0).
         self.behind = 0.0
 
     def observe(self, value: Any) -> None:
-        """A ``currentTime`` the CSMS sent (BootNotification / Heartbeat answer)."""
-        moment = parse_time(value)
-        if moment is not None:
-            self._good, self._at = moment, self._monotonic()
+        """A ``currentTime`` the CSMS sent (BootNotification / Heartbeat answer); read
+        only when an offline answer needs it, so that pass-through pays two stores."""
+        if type(value) is str:
+            self._seen, self._seen_at = value, self._monotonic()
 
     def now(self) -> datetime:
         edge = datetime.now(UTC) if self._wall is None else self._wall()
+        if self._seen is not None:
+            moment = parse_time(self._seen)
+            if moment is not None:
+                self._good, self._at = moment, self._seen_at
+            self._seen = None
         good = self._good
         if good is None:
             return edge
