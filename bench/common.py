@@ -107,12 +107,22 @@ BOOT_PAYLOAD = json.dumps(
     },
     separators=(",", ":"),
 )
+#: The same MeterValues with the message id as its energy reading, so that no two of a
+#: charger's messages are equal (a store that recognises a resent message by its content
+#: keeps every one): ``@UID@`` is replaced per message.
+MV_UNIQUE_PAYLOAD = MV_PAYLOAD.replace('"value":"12345.6"', '"value":"@UID@"', 1)
 SIZES: dict[str, tuple[str, str]] = {
     "hb": ("Heartbeat", HB_PAYLOAD),
     "mv": ("MeterValues", MV_PAYLOAD),
+    "mvu": ("MeterValues", MV_UNIQUE_PAYLOAD),
     "boot": ("BootNotification", BOOT_PAYLOAD),
 }
-SIZE_NAMES = {"hb": "Heartbeat", "mv": "MeterValues", "boot": "BootNotification"}
+SIZE_NAMES = {
+    "hb": "Heartbeat",
+    "mv": "MeterValues",
+    "mvu": "MeterValues (unique)",
+    "boot": "BootNotification",
+}
 RESPONSES: dict[str, dict[str, Any]] = {
     "Heartbeat": {"currentTime": "2024-05-01T12:00:00.000Z"},
     "BootNotification": {
@@ -212,6 +222,7 @@ class Group:
         self.mode = "stop"  # stop | sat | light
         self.prefix = b""
         self.suffix = b""
+        self.suffix2 = b""  # when set: prefix + uid + suffix + uid + suffix2
         self.interval = 0.0
         self.recording = False
         self.lat: list[int] = []
@@ -414,7 +425,10 @@ class Conn(asyncio.Protocol):
         g.sent += 1
         self.waiting = True
         self.t_sent = time.perf_counter_ns()
-        self.tr.write(ws_frame(0x81, g.prefix + uid + g.suffix))
+        if g.suffix2:
+            self.tr.write(ws_frame(0x81, g.prefix + uid + g.suffix + uid + g.suffix2))
+        else:
+            self.tr.write(ws_frame(0x81, g.prefix + uid + g.suffix))
 
 
 def pct(sorted_vals: Sequence[float], p: float) -> float:
@@ -455,6 +469,9 @@ async def client_async() -> None:
         action, payload = SIZES[size]
         g.prefix = b'[2,"'
         g.suffix = f'","{action}",{payload}]'.encode()
+        g.suffix2 = b""
+        if b"@UID@" in g.suffix:
+            g.suffix, g.suffix2 = g.suffix.split(b"@UID@", 1)
 
     async def wait_drain(g: Group, timeout: float) -> None:
         if g.busy > 0:
