@@ -652,6 +652,9 @@ def main() -> int:
         print("\ninterrupted", file=sys.stderr)
         code = 130
     except Exception as e:
+        import traceback
+
+        traceback.print_exc()
         print(f"\nERROR: {e}", file=sys.stderr)
         code = 1
     finally:

@@ -31,6 +31,9 @@ from proxy.versions import Dialect
 
 OWN_ID_PREFIX = "lc-"
 
+#: Charger calls whose retry under a new message id is recognised by its content (F3).
+RETRIED_BY_CONTENT = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent"})
+
 
 class State(Enum):
     ONLINE = "online"
@@ -226,16 +229,16 @@ class Router:
         self._up_queue.append((call, Origin.CHARGER))
         return [*effects, Note("charger_call_queued", {"action": call.action})]
 
-    def _same_content(self, earlier: Call, call: Call) -> bool:
-        """Whether ``call`` repeats ``earlier`` under another id (transaction messages)."""
+    @staticmethod
+    def _same_content(earlier: Call, call: Call) -> bool:
+        """Whether ``call`` repeats ``earlier`` under another id: a transaction start or
+        end (a second one upstream opens or closes a transaction twice), equal payload.
+        MeterValues are left alone: a repeated reading does no harm upstream."""
         action = call.action
-        if action != earlier.action or action not in self.dialect.transaction_actions:
+        if action != earlier.action or action not in RETRIED_BY_CONTENT:
             return False
         a, b = earlier.payload, call.payload
-        if type(a) is not dict or type(b) is not dict:
-            return False
-        key = self.dialect.dedupe_key
-        return bool(key(action, a) == key(action, b))
+        return type(a) is dict and a == b
 
     def expire(self, now: float) -> list[Effect]:
         """Calls past ``call_timeout`` (called by a timer, not only on the next frame)."""

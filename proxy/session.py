@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import OPEN
 
 from config.settings import CsmsSettings, UplinkSettings
 from proxy.crashpoints import ARMED, crashpoint
@@ -72,6 +73,25 @@ def relay_close_code(code: int | None) -> int:
     if code in _SENDABLE or 3000 <= code <= 4999:
         return code
     return 1000
+
+
+
+async def send_text(conn: ServerConnection | ClientConnection, text: str) -> None:
+    """``conn.send(text)`` without its per-message context manager when nothing is in
+    the way (open, not paused by flow control, no fragmented send under way): the
+    frame is built by the connection's own protocol object and written at once, as
+    ``send`` itself does on that path. Anything else takes ``send``.
+    """
+    if (
+        conn.protocol.state is OPEN
+        and conn.send_in_progress is None
+        and not conn.paused
+        and not conn.transport.is_closing()
+    ):
+        conn.protocol.send_text(text.encode())
+        conn.send_data()
+        return
+    await conn.send(text)
 
 
 class UplinkGone(Exception):
@@ -392,7 +412,7 @@ class Session:
                 if effect.action is not None:  # type: ignore[union-attr]
                     self._forwarded["down", effect.action] += 1  # type: ignore[union-attr]
                 try:  # noqa: SIM105 - per frame: try is free, suppress() allocates
-                    await self.charger.send(effect.text)  # type: ignore[union-attr]
+                    await send_text(self.charger, effect.text)  # type: ignore[union-attr]
                 except ConnectionClosed:
                     pass  # the charger loop sees the close
             elif kind is Answer:
@@ -476,7 +496,7 @@ class Session:
         # A send on a closing uplink is dropped here; the uplink loop then sees the
         # close and turns the call in flight into a local answer.
         try:  # noqa: SIM105 - per frame: try is free, suppress() allocates
-            await uplink.send(text)
+            await send_text(uplink, text)
         except ConnectionClosed:
             pass
 
@@ -495,7 +515,7 @@ class Session:
             if ARMED:
                 crashpoint("after_commit_before_ack")
             with contextlib.suppress(ConnectionClosed):
-                await self.charger.send(text)
+                await send_text(self.charger, text)
             if ARMED:
                 crashpoint("after_ack")
 
