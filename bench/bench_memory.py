@@ -161,6 +161,9 @@ def start_path(
                 "OCPP_LC_LOG__LEVEL": "WARNING",
                 "OCPP_LC_ADMISSION__UNKNOWN_IDENTITIES": "pass_through",
                 "OCPP_LC_UPLINK__MAX_CONNECTS_PER_SECOND": str(a.connect_rate),
+                # a freeze in every idle window (the default, 30 s, does the same 30 s
+                # after a wave of connections)
+                "OCPP_LC_RUNTIME__GC_FREEZE_INTERVAL": "5",
                 "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 "BENCH_GC_OUT": p_gc,
             }

@@ -75,7 +75,6 @@ def relay_close_code(code: int | None) -> int:
     return 1000
 
 
-
 async def send_text(conn: ServerConnection | ClientConnection, text: str) -> None:
     """``conn.send(text)`` without its per-message context manager when nothing is in
     the way (open, not paused by flow control, no fragmented send under way): the
