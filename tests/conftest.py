@@ -98,6 +98,9 @@ async def controller_factory(csms: CsmsPeer, tmp_path: Path) -> AsyncIterator[Co
             "admin": {"host": "127.0.0.1", "port": 0},
             # Test chargers are not registered one by one: the CSMS peer decides.
             "admission": {"unknown_identities": "pass_through"},
+            # The collector is the test process's: controllers do not freeze it here
+            # (test_gc_management does, and undoes it).
+            "runtime": {"gc_freeze_interval": 0},
         }
         settings = load_settings(None, **_merge(defaults, overrides))
         ctl = Controller(settings)
