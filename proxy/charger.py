@@ -296,7 +296,7 @@ class ChargerServer:
             await old.charger.close(1008, "replaced by a newer connection")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.csms.open_timeout):
-                await old.closed.wait()
+                await asyncio.shield(old.closed)
 
     def _upstream_authorization(self, identity: str, authorization: str | None) -> str | None:
         """The Authorization header of the uplink: configured credentials, else the

@@ -101,8 +101,8 @@ class Replayer:
         self, session: Session, ref: TxRef, meter_start: float, cap: int, connector: int | None
     ) -> None:
         self._watched[(session.identity, ref)] = (meter_start, cap, connector)
-        session.router.watched.add("MeterValues")
-        session.router.watched.add("TransactionEvent")
+        session.router.watch("MeterValues")
+        session.router.watch("TransactionEvent")
 
     # -- the drain ---------------------------------------------------------------------
 

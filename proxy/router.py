@@ -20,7 +20,6 @@ the session answers it locally (the offline responder) or closes the charger.
 from __future__ import annotations
 
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -139,10 +138,13 @@ class Router:
         self.state = state
         self._call_timeout = call_timeout
         self._max_queued = max_queued_calls
-        self.watched = set(watched_actions)
+        #: Shared with every session of the dialect until a session watches more.
+        self.watched = watched_actions
         # charger or controller -> CSMS: the call awaiting the CSMS, and those waiting
         self._up: _Pending | None = None
-        self._up_queue: deque[tuple[Call, Origin]] = deque()
+        # (lists, not deques: a few calls at most, and an empty deque costs 600 bytes
+        # per charger)
+        self._up_queue: list[tuple[Call, Origin]] = []
         #: OCPP 1.6 transaction ids: provisional -> CSMS id (-1 when the start was
         #: dead-lettered), CSMS id -> provisional, and transactions stopped DeAuthorized.
         self.tx_up: dict[int, int] = {}
@@ -150,7 +152,7 @@ class Router:
         self.deauthorized: set[int | str] = set()
         # CSMS or controller -> charger
         self._down: _Pending | None = None
-        self._down_queue: deque[tuple[Call, Origin]] = deque()
+        self._down_queue: list[tuple[Call, Origin]] = []
         # the last charger call answered, for an idempotent answer to a retry
         self._last_call: Call | None = None
         #: A charger's retries, under new ids, of a transaction call waiting upstream
@@ -240,6 +242,10 @@ class Router:
         a, b = earlier.payload, call.payload
         return type(a) is dict and a == b
 
+    def watch(self, action: str) -> None:
+        """Yield an Exchange for ``action`` too (a transaction under an energy cap)."""
+        self.watched = self.watched | {action}
+
     def expire(self, now: float) -> list[Effect]:
         """Calls past ``call_timeout`` (called by a timer, not only on the next frame)."""
         return self._expire_up(now) + self._expire_down(now)
@@ -295,14 +301,14 @@ class Router:
         if self._up is not None and self._up.call.id == message_id:
             self._up = None
             return self._next_up(now)
-        self._up_queue = deque(x for x in self._up_queue if x[0].id != message_id)
+        self._up_queue = [x for x in self._up_queue if x[0].id != message_id]
         return []
 
     def _next_up(self, now: float) -> list[Effect]:
         """Send the calls waiting for the upstream slot until one is in flight."""
         effects: list[Effect] = []
         while self._up is None and self._up_queue and self.state is not State.OFFLINE:
-            call, origin = self._up_queue.popleft()
+            call, origin = self._up_queue.pop(0)
             effects.extend(self._send_up(call, origin, now))
         return effects
 
@@ -396,7 +402,7 @@ class Router:
     def _next_down(self, now: float) -> list[Effect]:
         if self._down is not None or not self._down_queue:
             return []
-        call, origin = self._down_queue.popleft()
+        call, origin = self._down_queue.pop(0)
         self._down = _Pending(call, origin, now)
         return [ToCharger(call.raw, call.action if origin is Origin.CSMS else None)]
 
@@ -416,13 +422,13 @@ class Router:
             effects.extend(map(Answer, retries.get(received.id, ())))
         self._up = None
         while self._up_queue:
-            call, origin = self._up_queue.popleft()
+            call, origin = self._up_queue.pop(0)
             if origin is Origin.CHARGER:
                 effects.append(Answer(call))
                 effects.extend(map(Answer, retries.get(call.id, ())))
         if self._down is not None and self._down.origin is Origin.CSMS:
             self._down = None
-        self._down_queue = deque(x for x in self._down_queue if x[1] is not Origin.CSMS)
+        self._down_queue = [x for x in self._down_queue if x[1] is not Origin.CSMS]
         effects.extend(self._next_down(now))
         return effects
 
