@@ -99,10 +99,20 @@ class Controller:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.site.load()
-        await self._import_site_list()
-        await self.chargers.start()
-        await self.admin.start()
+        try:
+            await self.site.load()
+            await self._import_site_list()
+            await self.chargers.start()
+            await self.admin.start()
+        except BaseException:
+            # A port taken, a bad site list: close what was opened, or its threads
+            # would keep the process alive after the error is reported.
+            with contextlib.suppress(Exception):
+                await self.chargers.close()
+            with contextlib.suppress(Exception):
+                await self.admin.close()
+            await self.store.close()
+            raise
         self._watchdog = asyncio.create_task(self._watch_outboxes(), name="outbox-watchdog")
         self._timer = asyncio.create_task(self._watch_calls(), name="call-timer")
         self._gc = asyncio.create_task(self._manage_gc(), name="gc")

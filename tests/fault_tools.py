@@ -360,9 +360,12 @@ class Service:
     log_path: Path
     csms_url: str = "ws://127.0.0.1:1"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: ``<point>:<n>``: the n-th pass through the crash point kills the service.
+    crashpoint: str | None = None
     listen_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    _log_start: int = 0
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
@@ -380,10 +383,13 @@ class Service:
             }
         )
         env.update(self.extra_env)
+        if self.crashpoint is not None:
+            env[f"{ENV_PREFIX}CRASHPOINT"] = self.crashpoint
         return env
 
     def spawn(self) -> None:
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "serve"],
                 cwd=REPO,
@@ -399,18 +405,36 @@ class Service:
         except OSError:
             return ""
 
+    def _run_log(self) -> str:
+        """What the current run wrote to the log."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     async def ready(self, timeout: float = 20.0) -> None:
-        """Wait until ``GET /readyz`` answers 200."""
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError(
-                        f"service exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                if await self._readyz() == 200:
-                    return
-                await asyncio.sleep(0.05)
+        """Wait until ``GET /readyz`` answers 200.
+
+        A port picked free can be taken by another socket before the service binds it:
+        the run is then started again on fresh ports (read ``listen_port`` after this).
+        """
+        for attempt in range(4):
+            assert self.proc is not None
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.proc.poll() is not None:
+                        if attempt < 3 and "address already in use" in self._run_log().lower():
+                            break
+                        raise AssertionError(
+                            f"service exited with {self.proc.returncode}:\n{self.log_tail()}"
+                        )
+                    if await self._readyz() == 200:
+                        return
+                    await asyncio.sleep(0.05)
+            self.listen_port, self.admin_port = free_port(), free_port()
+            self.spawn()
 
     async def _readyz(self) -> int | None:
         try:
@@ -437,6 +461,17 @@ class Service:
             while self.proc.poll() is None:
                 await asyncio.sleep(0.02)
         return self.proc.returncode
+
+    async def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it does not end in time; the return code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return await self.exited(10.0)
+            except TimeoutError:
+                self.proc.kill()
+        return await self.exited(10.0)
 
     def terminate(self) -> None:
         assert self.proc is not None

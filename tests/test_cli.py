@@ -168,3 +168,36 @@ def test_module_entry_point_checks_a_file(good_file: Path, tmp_path: Path) -> No
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert "listen.portt: unknown setting" in bad.stderr
+
+
+def test_serve_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
+    """A taken listen port: one readable line and a non-zero exit, not a process left
+    hanging on the threads of a store it had opened."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")},
+            "OCPP_LC_LISTEN__HOST": "127.0.0.1",
+            "OCPP_LC_LISTEN__PORT": str(port),
+            "OCPP_LC_ADMIN__PORT": "0",
+            "OCPP_LC_STORE__PATH": str(tmp_path / "lc.sqlite3"),
+        }
+        began = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode != 0
+    assert "cannot start" in done.stderr and "address already in use" in done.stderr.lower()
+    assert time.monotonic() - began < 15

@@ -15,17 +15,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from fault_tools import Service
 from peers import CALL, CALLRESULT, RawCharger, controller_url
 from websockets.exceptions import ConnectionClosed
 
@@ -42,117 +39,18 @@ READY_TIMEOUT = 20.0
 STAMP = "2025-01-01T12:00:{:02d}.000Z"
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Service:
-    """One run of ``python -m proxy serve`` on loopback ports of its own."""
-
-    store_path: Path
-    log_path: Path
-    crashpoint: str | None = None
-    listen_port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
-        env.update(
-            {
-                f"{ENV_PREFIX}LISTEN__HOST": "127.0.0.1",
-                f"{ENV_PREFIX}LISTEN__PORT": str(self.listen_port),
-                f"{ENV_PREFIX}CSMS__URL": "ws://127.0.0.1:1",
-                f"{ENV_PREFIX}STORE__PATH": str(self.store_path),
-                f"{ENV_PREFIX}ADMIN__HOST": "127.0.0.1",
-                f"{ENV_PREFIX}ADMIN__PORT": str(self.admin_port),
-                f"{ENV_PREFIX}LOG__LEVEL": "WARNING",
-                f"{ENV_PREFIX}POLICY__ALLOW_OFFLINE_TX_FOR_UNKNOWN_ID": "true",
-                # The test charger is not registered: admit it as the CSMS would.
-                f"{ENV_PREFIX}ADMISSION__UNKNOWN_IDENTITIES": "pass_through",
-            }
-        )
-        if self.crashpoint is not None:
-            env["OCPP_LC_CRASHPOINT"] = self.crashpoint
-        return env
-
-    def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve"],
-                cwd=REPO,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    async def ready(self) -> None:
-        """Wait until GET /readyz answers 200."""
-        assert self.proc is not None
-        async with asyncio.timeout(READY_TIMEOUT):
-            while True:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"service exited with {self.proc.returncode}:\n{self.log_tail()}")
-                if await self._readyz() == 200:
-                    return
-                await asyncio.sleep(0.05)
-
-    async def _readyz(self) -> int | None:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
-        except OSError:
-            return None
-        try:
-            writer.write(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            await writer.drain()
-            status_line = await reader.readline()
-        except OSError:
-            return None
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        parts = status_line.split()
-        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-    async def exited(self, timeout: float) -> int:
-        """Wait for the process to end; its return code."""
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            while self.proc.poll() is None:
-                await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    async def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it does not end in time; the return code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return await self.exited(10.0)
-            except TimeoutError:
-                self.proc.kill()
-        return await self.exited(10.0)
-
-
 @pytest.fixture
 async def services() -> AsyncIterator[Callable[..., Service]]:
     """Make services; every process is killed and reaped at teardown."""
     made: list[Service] = []
 
     def make(store_path: Path, log_path: Path, crashpoint: str | None = None) -> Service:
-        service = Service(store_path, log_path, crashpoint)
+        service = Service(
+            store_path,
+            log_path,
+            crashpoint=crashpoint,
+            extra_env={f"{ENV_PREFIX}POLICY__ALLOW_OFFLINE_TX_FOR_UNKNOWN_ID": "true"},
+        )
         made.append(service)
         return service
 

@@ -18,12 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import peers
 import pytest
+from fault_tools import Service
 from ocpp.routing import on
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
@@ -1175,118 +1172,26 @@ async def test_mixed_site_each_version_gets_its_own_answers_through_an_outage(
 # --------------------------------------------------------------------------- scenario 10
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Service:
-    """One run of ``python -m proxy serve`` on loopback ports of its own."""
-
-    csms_url: str
-    store_path: Path
-    log_path: Path
-    crashpoint: str | None = None
-    listen_port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
-        env.pop("OCPP_LC_CRASHPOINT", None)
-        env.update(
-            {
-                f"{ENV_PREFIX}LISTEN__HOST": "127.0.0.1",
-                f"{ENV_PREFIX}LISTEN__PORT": str(self.listen_port),
-                f"{ENV_PREFIX}CSMS__URL": self.csms_url,
-                f"{ENV_PREFIX}STORE__PATH": str(self.store_path),
-                f"{ENV_PREFIX}ADMIN__HOST": "127.0.0.1",
-                f"{ENV_PREFIX}ADMIN__PORT": str(self.admin_port),
-                f"{ENV_PREFIX}LOG__LEVEL": "WARNING",
-                f"{ENV_PREFIX}ADMISSION__UNKNOWN_IDENTITIES": "pass_through",
-                f"{ENV_PREFIX}POLICY__ALLOW_OFFLINE_TX_FOR_UNKNOWN_ID": "true",
-                f"{ENV_PREFIX}UPLINK__RECONNECT_MIN": "0.05",
-                f"{ENV_PREFIX}UPLINK__RECONNECT_MAX": "0.3",
-                f"{ENV_PREFIX}UPLINK__RECONNECT_JITTER": "0.05",
-            }
-        )
-        if self.crashpoint is not None:
-            env["OCPP_LC_CRASHPOINT"] = self.crashpoint
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        """Wait until GET /readyz answers 200."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while await self._readyz() != 200:
-            if self.proc.poll() is not None:
-                pytest.fail(f"service exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not ready after {timeout} s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
-
-    async def _readyz(self) -> int | None:
-        try:
-            async with asyncio.timeout(2.0):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
-                try:
-                    writer.write(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    await writer.drain()
-                    line = await reader.readline()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError):
-            return None
-        parts = line.split()
-        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-    async def exited(self, timeout: float) -> int:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the service did not exit")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    async def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it does not end in time; the return code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return await self.exited(10.0)
-            except TimeoutError:
-                self.proc.kill()
-        return await self.exited(10.0)
-
-
 @pytest.fixture
 async def services() -> AsyncIterator[Callable[..., Service]]:
     """Make services; every process is killed and reaped at teardown."""
     made: list[Service] = []
 
-    def make(*args: Any, **kwargs: Any) -> Service:
-        service = Service(*args, **kwargs)
+    def make(
+        csms_url: str, store_path: Path, log_path: Path, crashpoint: str | None = None
+    ) -> Service:
+        service = Service(
+            store_path,
+            log_path,
+            csms_url=csms_url,
+            crashpoint=crashpoint,
+            extra_env={
+                f"{ENV_PREFIX}POLICY__ALLOW_OFFLINE_TX_FOR_UNKNOWN_ID": "true",
+                f"{ENV_PREFIX}UPLINK__RECONNECT_MIN": "0.05",
+                f"{ENV_PREFIX}UPLINK__RECONNECT_MAX": "0.3",
+                f"{ENV_PREFIX}UPLINK__RECONNECT_JITTER": "0.05",
+            },
+        )
         made.append(service)
         return service
 

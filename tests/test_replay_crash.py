@@ -120,7 +120,7 @@ class Service:
                 await self._start(armed=armed)
                 return
             except AssertionError:
-                if "Address already in use" not in self.log_text():
+                if "address already in use" not in self.log_text().lower():
                     raise
                 await self.wait_exit(5.0)
                 self.proc = None
