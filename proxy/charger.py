@@ -28,6 +28,7 @@ from websockets.typing import Subprotocol
 from config.logging import get_logger
 from config.settings import Settings
 from policies.admission import Verdict, basic_header
+from proxy.direct import DirectServerConnection
 from proxy.gate import Gate, certificate_cn, client_tls, server_tls
 from proxy.metrics import Metrics
 from proxy.replay import Replayer
@@ -144,6 +145,7 @@ class ChargerServer:
             max_queue=16,
             backlog=4096,
             server_header=None,
+            create_connection=DirectServerConnection,
         )
         self.log.info("listening", host=ls.host, port=self.port)
 

@@ -26,6 +26,7 @@ from websockets.protocol import OPEN
 
 from config.settings import CsmsSettings, UplinkSettings
 from proxy.crashpoints import ARMED, crashpoint
+from proxy.direct import DirectClientConnection, DirectServerConnection
 from proxy.frames import Call, CallError, CallResult, FrameError
 from proxy.frames import parse as parse_frame
 from proxy.metrics import Metrics
@@ -75,20 +76,29 @@ def relay_close_code(code: int | None) -> int:
     return 1000
 
 
-async def send_text(conn: ServerConnection | ClientConnection, text: str) -> None:
-    """``conn.send(text)`` without its per-message context manager when nothing is in
-    the way (open, not paused by flow control, no fragmented send under way): the
-    frame is built by the connection's own protocol object and written at once, as
-    ``send`` itself does on that path. Anything else takes ``send``.
-    """
-    if (
+def writable_now(conn: ServerConnection | ClientConnection) -> bool:
+    """Whether a frame can be written at once: open, not paused by flow control, no
+    fragmented send under way."""
+    return (
         conn.protocol.state is OPEN
         and conn.send_in_progress is None
         and not conn.paused
         and not conn.transport.is_closing()
-    ):
-        conn.protocol.send_text(text.encode())
-        conn.send_data()
+    )
+
+
+def write_now(conn: ServerConnection | ClientConnection, text: str) -> None:
+    """Write a text frame at once (``writable_now`` must hold): built by the
+    connection's own protocol object and written, as ``send`` does on that path."""
+    conn.protocol.send_text(text.encode())
+    conn.send_data()
+
+
+async def send_text(conn: ServerConnection | ClientConnection, text: str) -> None:
+    """``conn.send(text)`` without its per-message context manager when nothing is in
+    the way; anything else takes ``send``."""
+    if writable_now(conn):
+        write_now(conn, text)
         return
     await conn.send(text)
 
@@ -237,6 +247,13 @@ class Session:
         self.max_bad_frames_per_minute = 60
         self._bad_since = 0.0
         self._bad_count = 0
+        # Frames handed over by the connections themselves (proxy.direct): each
+        # direction keeps its order, so a frame is taken directly only while its
+        # loop is idle and nothing of that direction is still being applied.
+        self._down_busy = False
+        self._up_busy = False
+        self._down_pending: asyncio.Task[None] | None = None
+        self._up_pending: asyncio.Task[None] | None = None
 
     @property
     def subprotocol(self) -> str:
@@ -262,7 +279,12 @@ class Session:
 
     async def run(self) -> None:
         """Serve until the charger goes away (or is closed because its uplink went)."""
+        # Frames are taken directly from here on, when the session is set up (state,
+        # mappings, drain decided) and its loops run.
+        if isinstance(self.charger, DirectServerConnection) and self._serial_cn is None:
+            self.charger.on_text = self._direct_from_charger
         if self.uplink is not None:
+            self._hook_uplink(self.uplink)
             self._spawn(self._uplink_loop(self.uplink), "uplink")
         elif self.responder is not None and self._reconnect is not None:
             self._spawn(self._reconnect_loop(first=True), "reconnect")
@@ -303,9 +325,85 @@ class Session:
         clock = self._clock
         with contextlib.suppress(ConnectionClosed):
             async for message in self.charger:
+                pending = self._down_pending
+                if pending is not None:
+                    self._down_pending = None
+                    await pending
                 if self._serial_cn is not None and not await self._serial_ok(message):
                     return
-                await self._apply(router.charger_frame(message, clock()))
+                self._down_busy = True
+                try:
+                    await self._apply(router.charger_frame(message, clock()))
+                finally:
+                    self._down_busy = False
+
+    # -- frames handed over directly (proxy.direct) --------------------------------
+
+    def _hook_uplink(self, uplink: ClientConnection) -> None:
+        if isinstance(uplink, DirectClientConnection):
+            uplink.on_text = lambda text: self._direct_from_csms(uplink, text)
+
+    def _direct_from_charger(self, text: str) -> bool:
+        pending = self._down_pending
+        if self._down_busy or self._closing or (pending is not None and not pending.done()):
+            return False
+        self._dispatch(self.router.charger_frame(text, self._clock()), up=False)
+        return True
+
+    def _direct_from_csms(self, uplink: ClientConnection, text: str) -> bool:
+        if uplink is not self.uplink:
+            return False  # dropped as unresponsive: the uplink loop ignores the rest
+        pending = self._up_pending
+        if self._up_busy or self._closing or (pending is not None and not pending.done()):
+            return False
+        self._dispatch(self.router.csms_frame(text, self._clock()), up=True)
+        return True
+
+    def _dispatch(self, effects: list[Effect], *, up: bool) -> None:
+        """Apply the effects of a frame taken directly: at once when each is a write
+        that can go out now, else in a task that the direction's loop waits for."""
+        try:
+            if self._write_all_now(effects):
+                return
+        except Exception as exc:  # the frame was routed already: never route it twice
+            self.log.error("session_dispatch_failed", error=repr(exc))
+            return
+        task = self._loop.create_task(self._apply(effects))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if up:
+            self._up_pending = task
+        else:
+            self._down_pending = task
+
+    def _write_all_now(self, effects: list[Effect]) -> bool:
+        uplink, charger = self.uplink, self.charger
+        for effect in effects:
+            kind = type(effect)
+            if kind is ToCsms:
+                if uplink is not None and not writable_now(uplink):
+                    return False
+            elif kind is ToCharger:
+                if not writable_now(charger):
+                    return False
+            elif kind is not Note or effect.event == "charger_bad_frame":  # type: ignore[union-attr]
+                return False
+        forwarded = self._forwarded
+        for effect in effects:
+            kind = type(effect)
+            if kind is ToCsms:
+                if effect.action is not None:  # type: ignore[union-attr]
+                    forwarded["up", effect.action] += 1  # type: ignore[union-attr]
+                if uplink is not None:
+                    write_now(uplink, effect.text)  # type: ignore[union-attr]
+            elif kind is ToCharger:
+                if effect.action is not None:  # type: ignore[union-attr]
+                    forwarded["down", effect.action] += 1  # type: ignore[union-attr]
+                write_now(charger, effect.text)  # type: ignore[union-attr]
+            else:
+                self.metrics.notes[effect.event] += 1  # type: ignore[union-attr]
+                self.log.info(effect.event, **effect.fields)  # type: ignore[union-attr]
+        return True
 
     async def _serial_ok(self, message: str | bytes) -> bool:
         """Profile 3 by serial number: a BootNotification whose serial number is not in
@@ -339,7 +437,15 @@ class Session:
             async for message in uplink:
                 if self.uplink is not uplink:
                     break  # dropped as unresponsive: its late frames are not read
-                await self._apply(router.csms_frame(message, clock()))
+                pending = self._up_pending
+                if pending is not None:
+                    self._up_pending = None
+                    await pending
+                self._up_busy = True
+                try:
+                    await self._apply(router.csms_frame(message, clock()))
+                finally:
+                    self._up_busy = False
         code, reason = uplink.close_code, uplink.close_reason
         if self._closing or self.uplink is not uplink:
             return
@@ -386,6 +492,7 @@ class Session:
                 continue
             break
         self.uplink = uplink
+        self._hook_uplink(uplink)
         rc.limiter.reached()
         self.router.uplink_back(draining=rc.drainer is not None)
         self.log.info("uplink_restored", attempts=attempt)

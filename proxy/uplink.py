@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketExce
 from websockets.typing import Subprotocol
 
 from config.settings import CsmsSettings
+from proxy.direct import DirectClientConnection
 
 
 class UplinkRefused(Exception):
@@ -79,6 +80,7 @@ async def open_uplink(
             max_size=settings.max_message_size,
             proxy=None,
             ssl=tls,
+            create_connection=DirectClientConnection,
         )
     except InvalidStatus as exc:
         response = exc.response
