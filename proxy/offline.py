@@ -86,8 +86,8 @@ class GuardedClock:
         self.behind = 0.0
 
     def observe(self, value: Any) -> None:
-        """A ``currentTime`` the CSMS sent (BootNotification / Heartbeat answer); read
-        only when an offline answer needs it, so that pass-through pays two stores."""
+        """A ``currentTime`` the CSMS sent (a BootNotification answer); read only when
+        an offline answer needs it."""
         if type(value) is str:
             self._seen, self._seen_at = value, self._monotonic()
 

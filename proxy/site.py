@@ -102,8 +102,8 @@ class Site:
         self.on_new_password: Callable[[Session, bytes], Awaitable[None]] | None = None
         #: Called with every MeterValues that passes through (the energy-cap policy).
         self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
-        #: Told the ``currentTime`` of each BootNotification / Heartbeat answer passed
-        #: through (the offline answers' clock guard).
+        #: Told the ``currentTime`` of each BootNotification answer passed through (the
+        #: offline answers' clock guard).
         self.on_csms_time: Callable[[Any], None] | None = None
 
     async def load(self) -> None:
@@ -168,10 +168,10 @@ class Site:
         identity = session.identity
         action = call.action
         if effect.origin is Origin.CHARGER:
-            if action in ("BootNotification", "Heartbeat") and self.on_csms_time is not None:
+            if action == "BootNotification" and self.on_csms_time is not None:
+                # the time guard needs one good reading: the monotonic clock carries
+                # it forward (Heartbeats pass through unread, at no cost)
                 self.on_csms_time(result.get("currentTime"))
-            if action == "Heartbeat":
-                return
             if action == "BootNotification":
                 await self.store.record_boot(
                     identity,

@@ -156,7 +156,6 @@ DIALECT = Dialect(
         {
             "Authorize",
             "BootNotification",
-            "Heartbeat",
             "StartTransaction",
             "StopTransaction",
             "StatusNotification",

@@ -126,7 +126,6 @@ _WATCHED = frozenset(
     {
         "Authorize",
         "BootNotification",
-        "Heartbeat",
         "TransactionEvent",
         "StatusNotification",
         "SendLocalList",
