@@ -794,17 +794,18 @@ class CsmsPeer:
             return
         server, self._server = self._server, None
         if code == 1006:
-            for conn in list(self.live.values()):
-                if conn.ws is not None:
-                    conn.ws.transport.abort()
-            # Connections still in their handshake were not live yet: closed normally,
-            # or wait_closed would wait for them (seen under load).
+            # every TCP connection, live or still in its handshake, aborted: none is
+            # left open (or answered 503 and left to the garbage collector)
+            for ws in list(server.all_connections):
+                ws.transport.abort()
             server.close()
         else:
             server.close()
         async with asyncio.timeout(timeout):
             await server.wait_closed()
             await self._changes.wait_until(lambda: not self.live, timeout, "connections to end")
+        for ws in list(server.all_connections):  # accepted while closing
+            ws.transport.abort()
 
     @property
     def running(self) -> bool:

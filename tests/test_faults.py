@@ -1228,9 +1228,10 @@ async def run_herd(
     assert peak <= rate * 0.1 + 2, peak
     # per-uplink back-off after a 503: never straight away again
     assert min(gaps_503) >= uplink["reconnect_min"] * 0.9, min(gaps_503)
-    # every uplink back within N / rate plus the back-off of the 503s, + 20 %
+    # every uplink back within N / rate plus the back-off of the 503s, + 50 % (the
+    # controller shares this process with 300 chargers, and with coverage in CI)
     backoff = uplink["reconnect_max"] + uplink["reconnect_jitter"]
-    bound = (chargers / rate + 3 * backoff + 2.0) * 1.2
+    bound = (chargers / rate + 3 * backoff + 2.0) * 1.5
     assert uplinks_back <= bound, (uplinks_back, bound)
     assert max_in_flight(csms) <= 1
     assert max_live_per_identity(csms) == 1
