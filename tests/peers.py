@@ -770,11 +770,26 @@ class CsmsPeer:
         self._changes = _Changes()
         self._server: Server | None = None
         self._port: int | None = None
+        self._accepted: set[ServerConnection] = set()
 
     # -- lifecycle
 
     async def start(self) -> Self:
         """Start listening: on a free port the first time, on the same port after ``stop``."""
+        accepted = self._accepted
+
+        class Tracked(ServerConnection):
+            """Every TCP connection the server accepts, from its first byte: ``stop``
+            aborts them all, those still in their handshake included."""
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.add(self)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                accepted.discard(self)
+                super().connection_lost(exc)
+
         self._server = await serve(
             self._handle,
             "127.0.0.1",
@@ -783,6 +798,7 @@ class CsmsPeer:
             compression=self.compression,
             process_request=self._process_request,
             ping_interval=None,
+            create_connection=Tracked,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         return self
@@ -793,18 +809,16 @@ class CsmsPeer:
         if self._server is None:
             return
         server, self._server = self._server, None
+        server.close()  # stops accepting at once; open connections get 1001 unless ...
         if code == 1006:
-            # every TCP connection, live or still in its handshake, aborted: none is
-            # left open (or answered 503 and left to the garbage collector)
-            for ws in list(server.all_connections):
+            # ... every TCP connection, live or still in its handshake, is aborted: none
+            # is left open (or answered 503 and left to the garbage collector)
+            for ws in list(self._accepted):
                 ws.transport.abort()
-            server.close()
-        else:
-            server.close()
         async with asyncio.timeout(timeout):
             await server.wait_closed()
             await self._changes.wait_until(lambda: not self.live, timeout, "connections to end")
-        for ws in list(server.all_connections):  # accepted while closing
+        for ws in list(self._accepted):  # whatever the closing handshakes left
             ws.transport.abort()
 
     @property
