@@ -1297,8 +1297,15 @@ async def test_f9_csms_restart_behind_a_proxy_that_accepts_then_closes(
             back = time.monotonic()
             recovered: float | None = None
             with contextlib.suppress(AssertionError):
+                # answered, not only received: the figures count a delivery once the
+                # CSMS has answered it (checked between the two, a replay looked lost)
                 recovered = await wait_for(
-                    lambda: bool(received(csms, "StopTransaction")), 5.0, "the replay"
+                    lambda: any(
+                        e.action == "StopTransaction" and e.outcome == CALLRESULT_NAME
+                        for e in csms.inbound(IDENTITY)
+                    ),
+                    5.0,
+                    "the replay",
                 )
             figures = delivery_figures(cp.ledger, csms.inbound(IDENTITY))
     finally:
