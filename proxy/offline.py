@@ -50,12 +50,8 @@ _STATUSES_16 = frozenset({"Accepted", "Blocked", "Expired", "Invalid", "Concurre
 _BOOT_STATUS = {"accept": "Accepted", "pending": "Pending", "reject": "Rejected"}
 
 
-def now_iso() -> str:
-    """The controller's time as OCPP writes it (UTC, milliseconds, ``Z``)."""
-    return _iso(datetime.now(UTC))
-
-
 def _iso(moment: datetime) -> str:
+    """A time as OCPP writes it (UTC, milliseconds, ``Z``)."""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -362,19 +362,30 @@ class Session:
     def _dispatch(self, effects: list[Effect], *, up: bool) -> None:
         """Apply the effects of a frame taken directly: at once when each is a write
         that can go out now, else in a task that the direction's loop waits for."""
-        try:
-            if self._write_all_now(effects):
+        previous = self._up_pending if up else self._down_pending
+        if previous is None or previous.done():
+            try:
+                if self._write_all_now(effects):
+                    return
+            except Exception as exc:  # the frame was routed already: never route it twice
+                self.log.error("session_dispatch_failed", error=repr(exc))
                 return
-        except Exception as exc:  # the frame was routed already: never route it twice
-            self.log.error("session_dispatch_failed", error=repr(exc))
-            return
-        task = self._loop.create_task(self._apply(effects))
+        task = self._loop.create_task(self._apply_after(previous, effects))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if up:
             self._up_pending = task
         else:
             self._down_pending = task
+
+    async def _apply_after(
+        self, previous: asyncio.Task[None] | None, effects: list[Effect]
+    ) -> None:
+        """Apply ``effects`` once what the direction had under way is done (its order)."""
+        if previous is not None and not previous.done():
+            with contextlib.suppress(Exception):
+                await previous
+        await self._apply(effects)
 
     def _write_all_now(self, effects: list[Effect]) -> bool:
         uplink, charger = self.uplink, self.charger
@@ -388,22 +399,27 @@ class Session:
                     return False
             elif kind is not Note or effect.event == "charger_bad_frame":  # type: ignore[union-attr]
                 return False
-        forwarded = self._forwarded
         for effect in effects:
             kind = type(effect)
             if kind is ToCsms:
-                if effect.action is not None:  # type: ignore[union-attr]
-                    forwarded["up", effect.action] += 1  # type: ignore[union-attr]
+                self._count(effect, "up")  # type: ignore[arg-type]
                 if uplink is not None:
                     write_now(uplink, effect.text)  # type: ignore[union-attr]
             elif kind is ToCharger:
-                if effect.action is not None:  # type: ignore[union-attr]
-                    forwarded["down", effect.action] += 1  # type: ignore[union-attr]
+                self._count(effect, "down")  # type: ignore[arg-type]
                 write_now(charger, effect.text)  # type: ignore[union-attr]
             else:
-                self.metrics.notes[effect.event] += 1  # type: ignore[union-attr]
-                self.log.info(effect.event, **effect.fields)  # type: ignore[union-attr]
+                self._note(effect)  # type: ignore[arg-type]
         return True
+
+    def _count(self, effect: ToCsms | ToCharger, direction: str) -> None:
+        """A frame passed through, for ``ocpp_lc_frames_forwarded_total``."""
+        if effect.action is not None:
+            self._forwarded[direction, effect.action] += 1
+
+    def _note(self, effect: Note) -> None:
+        self.metrics.notes[effect.event] += 1
+        self.log.info(effect.event, **effect.fields)
 
     async def _serial_ok(self, message: str | bytes) -> bool:
         """Profile 3 by serial number: a BootNotification whose serial number is not in
@@ -513,12 +529,10 @@ class Session:
         for effect in effects:
             kind = type(effect)
             if kind is ToCsms:
-                if effect.action is not None:  # type: ignore[union-attr]
-                    self._forwarded["up", effect.action] += 1  # type: ignore[union-attr]
+                self._count(effect, "up")  # type: ignore[arg-type]
                 await self._send_up(effect.text)  # type: ignore[union-attr]
             elif kind is ToCharger:
-                if effect.action is not None:  # type: ignore[union-attr]
-                    self._forwarded["down", effect.action] += 1  # type: ignore[union-attr]
+                self._count(effect, "down")  # type: ignore[arg-type]
                 try:  # noqa: SIM105 - per frame: try is free, suppress() allocates
                     await send_text(self.charger, effect.text)  # type: ignore[union-attr]
                 except ConnectionClosed:
@@ -526,8 +540,7 @@ class Session:
             elif kind is Answer:
                 await self._answer(effect.call)  # type: ignore[union-attr]
             elif kind is Note:
-                self.metrics.notes[effect.event] += 1  # type: ignore[union-attr]
-                self.log.info(effect.event, **effect.fields)  # type: ignore[union-attr]
+                self._note(effect)  # type: ignore[arg-type]
                 if effect.fields.get("kind") == "malformed" and effect.event == (  # type: ignore[union-attr]
                     "charger_bad_frame"
                 ):
@@ -553,7 +566,9 @@ class Session:
             return
         effects = self.router.expire(self._clock())
         if effects:
-            self._spawn(self._apply(effects), "timeout")
+            # in the charger direction's order: the local answers (stored messages
+            # among them) go before those of any call the charger sends next
+            self._dispatch(effects, up=False)
 
     def _drop_unresponsive_uplink(self, action: str) -> None:
         """The CSMS left a charger call unanswered past ``call_timeout``: the router went
