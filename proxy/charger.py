@@ -233,16 +233,8 @@ class ChargerServer:
             await self._evict(identity, log)
         upstream_auth = self._upstream_authorization(identity, authorization)
         try:
-            # A burst of chargers (a controller restart) must not outwait its handshake
-            # timeout behind the connect rate: past a short wait it is served offline,
-            # and its uplink opens later, at the rate.
-            budget = min(2.0, self.settings.listen.open_timeout / 2)
-            if not await self.limiter.acquire(max_wait=budget):
-                raise UplinkUnavailable("uplink deferred: connect rate reached")
-            uplink = await open_uplink(
-                self.settings.csms,
-                UplinkRequest(identity, tuple(ours), upstream_auth, user_agent),
-                self.uplink_tls,
+            uplink = await self._open_uplink_now(
+                UplinkRequest(identity, tuple(ours), upstream_auth, user_agent)
             )
         except UplinkRefused as exc:
             log.warning("charger_refused", reason="csms_refused", status=exc.status)
@@ -299,6 +291,24 @@ class ChargerServer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.csms.open_timeout):
                 await asyncio.shield(old.closed)
+
+    async def _open_uplink_now(self, request: UplinkRequest) -> ClientConnection:
+        """The uplink of a charger in its handshake, or UplinkUnavailable before the
+        charger's own handshake timeout runs out (it is then served offline and its
+        uplink opens later)."""
+        # A burst of chargers (a controller restart) must not outwait its handshake
+        # timeout behind the connect rate ...
+        budget = min(2.0, self.settings.listen.open_timeout / 2)
+        if not await self.limiter.acquire(max_wait=budget):
+            raise UplinkUnavailable("uplink deferred: connect rate reached")
+        # ... nor behind a CSMS slow to accept (one shutting down, a proxy holding the
+        # connection).
+        wait = self.settings.listen.open_timeout / 2
+        try:
+            async with asyncio.timeout(wait):
+                return await open_uplink(self.settings.csms, request, self.uplink_tls)
+        except TimeoutError:
+            raise UplinkUnavailable(f"uplink not open within {wait:g} s") from None
 
     def _upstream_authorization(self, identity: str, authorization: str | None) -> str | None:
         """The Authorization header of the uplink: configured credentials, else the

@@ -6,6 +6,7 @@ between. "Unchanged" means the same text, so the same message ids, in the same o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,38 @@ async def test_csms_in_trouble_at_handshake_means_offline_not_refused(
         answer = await charger.call("Heartbeat", {})
         assert answer[0] == CALLRESULT
     assert csms.connections[IDENTITY] == 1
+
+
+async def test_csms_that_never_answers_the_handshake_means_offline_in_time(
+    fast_controller: ControllerFactory,
+) -> None:
+    """A CSMS that accepts the TCP connection and never answers the upgrade (shutting
+    down, a proxy holding it) does not hold the charger's handshake past half its
+    timeout: the charger is served offline instead of timing out."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        ctl = await fast_controller(
+            csms={"url": f"ws://127.0.0.1:{port}", "open_timeout": 30},
+            listen={"open_timeout": 2},
+        )
+        began = asyncio.get_running_loop().time()
+        async with RawCharger(controller_url(ctl.listen_port), IDENTITY) as charger:
+            took = asyncio.get_running_loop().time() - began
+            answer = await charger.call("Heartbeat", {})
+        assert answer[0] == CALLRESULT and "currentTime" in answer[2]
+        assert took < 2.0, f"the charger's handshake took {took:.2f} s"
+        assert held, "the controller never tried the CSMS"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.fixture

@@ -1519,7 +1519,18 @@ async def test_f11_sigterm_under_load(csms: CsmsPeer, tmp_path: Path) -> None:
             return count
 
         loads = [asyncio.create_task(session(c, n)) for n, c in enumerate(chargers)]
-        await asyncio.sleep(1.0)
+        # online until the CSMS has answered some MeterValues (a fixed second was not
+        # always enough under a loaded CI machine), then the rest offline
+        await wait_for(
+            lambda: any(
+                e.action == "MeterValues" and e.outcome == CALLRESULT_NAME
+                for c in chargers
+                for e in csms.inbound(c.identity)
+            ),
+            10.0,
+            "online MeterValues",
+        )
+        await asyncio.sleep(0.5)
         await csms.stop()  # the rest of the load is answered offline and stored
         await asyncio.sleep(1.0)
         rss = svc.peak_rss_kib()
