@@ -145,6 +145,11 @@ class UplinkSettings(_Section):
     reconnect_max: float = Field(default=60.0, gt=0)
     #: ... plus up to this many seconds at random, so that uplinks do not retry in step.
     reconnect_jitter: float = Field(default=2.0, ge=0)
+    #: While no uplink gets through, the site still tries the CSMS this often (seconds),
+    #: with the uplink that has waited longest (at least reconnect_min): the CSMS is
+    #: noticed back within about this long, whatever each uplink's back-off has grown
+    #: to. 0 turns it off.
+    probe_interval: float = Field(default=0.5, ge=0)
 
 
 class StoreSettings(_Section):

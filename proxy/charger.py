@@ -106,7 +106,9 @@ class ChargerServer:
         self.responder = responder
         self.observer = observer
         self.replayer = replayer
-        self.limiter = ConnectLimiter(settings.uplink.max_connects_per_second)
+        self.limiter = ConnectLimiter(
+            settings.uplink.max_connects_per_second, settings.uplink.probe_interval
+        )
         self.gate = gate
         self.uplink_tls = client_tls(settings)
         self._per_ip: Counter[str] = Counter()
@@ -159,6 +161,7 @@ class ChargerServer:
             if hs.uplink is not None:
                 await hs.uplink.close()
         self._handshakes.clear()
+        await self.limiter.close()
 
     # -- handshake ----------------------------------------------------------------
 

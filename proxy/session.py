@@ -131,17 +131,30 @@ class ConnectLimiter:
     The limit holds in every 100 ms window (at most rate/10 openings in any of them),
     openings go one at a time at least half an interval apart, and a waiter woken late
     by a busy event loop catches up within the window instead of losing its turn.
+
+    Sessions wait out their back-off in :meth:`sleep_until_reachable`. One uplink getting
+    through wakes them all (the CSMS is back). While none gets through, the site still
+    tries the CSMS at least every ``probe_interval`` seconds: when no opening has been
+    tried for that long, the session that has waited longest (and at least its
+    ``min_wait``) is woken to try, so the site notices the CSMS back within about that
+    long, however far each uplink's own back-off has grown.
     """
 
     WINDOW = 0.1
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, probe_interval: float = 0.0) -> None:
         self._interval = 1.0 / rate
         self._per_window = max(1, int(rate * self.WINDOW))
         self._recent: deque[float] = deque(maxlen=self._per_window)
         self._lock = asyncio.Lock()
         self._queued = 0
-        self._reachable = asyncio.Event()
+        self._probe_interval = probe_interval
+        #: sessions waiting out their back-off, oldest first -> when a probe may wake them
+        self._sleepers: dict[asyncio.Future[None], float] = {}
+        self._last_try = float("-inf")
+        self._prober: asyncio.Task[None] | None = None
+        #: how many waits a probe cut short
+        self.probes = 0
 
     async def acquire(self, max_wait: float | None = None) -> bool:
         """Wait for the next opening; False (nothing taken) if it is likely further
@@ -162,21 +175,59 @@ class ConnectLimiter:
                     if wait <= 0:
                         break
                     await asyncio.sleep(wait)
-                self._recent.append(loop.time())
+                now = loop.time()
+                self._recent.append(now)
+                self._last_try = now
         finally:
             self._queued -= 1
         return True
 
     def reached(self) -> None:
         """An uplink just opened: wake every session waiting out its back-off."""
-        self._reachable.set()
-        self._reachable.clear()
+        sleepers, self._sleepers = self._sleepers, {}
+        for fut in sleepers:
+            if not fut.done():
+                fut.set_result(None)
 
-    async def sleep_until_reachable(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or less if another uplink opens meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._reachable.wait()
+    async def sleep_until_reachable(self, delay: float, min_wait: float = 0.0) -> None:
+        """Sleep ``delay`` seconds, or less if another uplink opens meanwhile, or if a
+        probe picks this session (not before ``min_wait`` seconds)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._sleepers[fut] = loop.time() + min_wait
+        if self._probe_interval > 0 and (self._prober is None or self._prober.done()):
+            self._prober = asyncio.create_task(self._probe())
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await fut
+        finally:
+            self._sleepers.pop(fut, None)
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._sleepers:
+            now = loop.time()
+            due = self._last_try + self._probe_interval
+            if now < due:
+                await asyncio.sleep(due - now)
+                continue
+            ready = next((f for f, at in self._sleepers.items() if at <= now), None)
+            if ready is None:
+                await asyncio.sleep(min(self._sleepers.values()) - now)
+                continue
+            del self._sleepers[ready]
+            ready.set_result(None)
+            self.probes += 1
+            # its attempt may wait for the rate: count the try from now
+            self._last_try = now
+
+    async def close(self) -> None:
+        """Stop probing (the sessions are gone or going)."""
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,8 +540,9 @@ class Session:
             if first and attempt == 0:
                 wait = min(wait, up.reconnect_min)
             # Another uplink getting through means the CSMS is back: stop backing off
-            # (the connect rate still spaces the reconnects out).
-            await rc.limiter.sleep_until_reachable(wait)
+            # (the connect rate still spaces the reconnects out). A site probe may
+            # cut the wait short, never below reconnect_min.
+            await rc.limiter.sleep_until_reachable(wait, min(wait, up.reconnect_min))
             attempt += 1
             await rc.limiter.acquire()
             try:

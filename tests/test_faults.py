@@ -1259,6 +1259,73 @@ async def test_f9_herd_after_a_csms_outage(
     )
 
 
+@pytest.mark.parametrize("probe", [0.25, 0.0], ids=["probe", "no-probe"])
+async def test_f9_csms_back_noticed_within_the_probe_interval(
+    csms: CsmsPeer,
+    fast_controller: ControllerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    probe: float,
+) -> None:
+    """While no uplink gets through, the site tries the CSMS every probe_interval with
+    the uplink that has waited longest, so the CSMS is noticed back within about that
+    long however far the back-off has grown; without the probe, the back-off decides.
+
+    The back-off here (0.2 s doubling, no jitter) puts the uplinks' own attempts at
+    0.2, 0.6, 1.4, 3.0 and 6.2 s after the loss; the CSMS is back at 3.3 s."""
+    attempts = ConnectAttempts().install(monkeypatch)
+    reconnect_min = 0.2
+    ctl = await fast_controller(
+        uplink={
+            "reconnect_min": reconnect_min,
+            "reconnect_max": 30.0,
+            "reconnect_jitter": 0.0,
+            "probe_interval": probe,
+        }
+    )
+    identities = [f"PROBE-{n}" for n in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        chargers = [
+            await stack.enter_async_context(RawCharger(controller_url(ctl.listen_port), i))
+            for i in identities
+        ]
+        await wait_for(lambda: all(i in csms.live for i in identities), 5.0, "uplinks up")
+        await csms.stop()
+        down = time.monotonic()
+        await asyncio.sleep(3.3)
+        await csms.start()
+        back = time.monotonic()
+        await wait_for(lambda: all(i in csms.live for i in identities), 10.0, "uplinks back")
+        noticed = time.monotonic() - back
+        answer = await chargers[0].call("Heartbeat", {})
+    during = [t for t in attempts.times if down <= t < back]
+    gaps = [
+        b - a
+        for i in identities
+        for a, b in itertools.pairwise([t for t in attempts.by_identity[i] if t >= down])
+    ]
+    probes = ctl.chargers.limiter.probes
+    figures_line(
+        "F9-probe",
+        probe_interval_s=probe,
+        noticed_s=noticed,
+        attempts_during_outage=len(during),
+        probes=probes,
+        min_gap_per_uplink_s=min(gaps),
+    )
+    assert answer[0] == CALLRESULT
+    # no uplink ever retries sooner than reconnect_min after its previous attempt
+    assert min(gaps) >= reconnect_min * 0.9, min(gaps)
+    if probe:
+        assert probes >= 1
+        assert noticed < 1.5, f"the CSMS was noticed back after {noticed:.2f} s"
+        # the probe adds about one attempt per interval, not a stampede: each uplink's
+        # own back-off (at most 5 attempts in 3.3 s) plus one per probe interval
+        assert len(during) <= len(identities) * 5 + 3.3 / probe + 2, len(during)
+    else:
+        assert probes == 0
+        assert noticed > 2.0, f"noticed after {noticed:.2f} s without the probe"
+
+
 async def test_f9_csms_restart_behind_a_proxy_that_accepts_then_closes(
     csms: CsmsPeer, relay: FaultRelay, tmp_path: Path
 ) -> None:
