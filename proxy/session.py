@@ -383,9 +383,13 @@ class Session:
                 if self._serial_cn is not None and not await self._serial_ok(message):
                     return
                 self._down_busy = True
+                effects = router.charger_frame(message, clock())
+                answers = [sum(1 for e in effects if type(e) is Answer)]
+                self.pending_stores += answers[0]  # under way from now (see _dispatch)
                 try:
-                    await self._apply(router.charger_frame(message, clock()))
+                    await self._apply(effects, answers)
                 finally:
+                    self.pending_stores -= answers[0]
                     self._down_busy = False
 
     # -- frames handed over directly (proxy.direct) --------------------------------
@@ -421,7 +425,12 @@ class Session:
             except Exception as exc:  # the frame was routed already: never route it twice
                 self.log.error("session_dispatch_failed", error=repr(exc))
                 return
-        task = self._loop.create_task(self._apply_after(previous, effects))
+        # A local answer counts as under way from now, not from when its turn comes:
+        # a replay must not find the outbox empty and go ONLINE while a transaction
+        # message routed before that is still to be stored behind it.
+        answers = [sum(1 for e in effects if type(e) is Answer)]
+        self.pending_stores += answers[0]
+        task = self._loop.create_task(self._apply_after(previous, effects, answers))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if up:
@@ -430,13 +439,21 @@ class Session:
             self._down_pending = task
 
     async def _apply_after(
-        self, previous: asyncio.Task[None] | None, effects: list[Effect]
+        self, previous: asyncio.Task[None] | None, effects: list[Effect], answers: list[int]
     ) -> None:
-        """Apply ``effects`` once what the direction had under way is done (its order)."""
-        if previous is not None and not previous.done():
-            with contextlib.suppress(Exception):
-                await previous
-        await self._apply(effects)
+        """Apply ``effects`` once what the direction had under way is done (its order).
+
+        ``answers``: the local answers among them counted in ``pending_stores`` already;
+        whatever is not reached (cancelled, failed) is taken off at the end.
+        """
+        try:
+            if previous is not None and not previous.done():
+                with contextlib.suppress(Exception):
+                    await previous
+            await self._apply(effects, answers)
+        finally:
+            self.pending_stores -= answers[0]
+            answers[0] = 0
 
     def _write_all_now(self, effects: list[Effect]) -> bool:
         uplink, charger = self.uplink, self.charger
@@ -577,7 +594,9 @@ class Session:
                     fut.exception()
             waiters.clear()
 
-    async def _apply(self, effects: list[Effect]) -> None:
+    async def _apply(self, effects: list[Effect], counted: list[int] | None = None) -> None:
+        """Apply effects in order. ``counted``: how many of their local answers are in
+        ``pending_stores`` already (see :meth:`_dispatch`)."""
         for effect in effects:
             kind = type(effect)
             if kind is ToCsms:
@@ -590,6 +609,10 @@ class Session:
                 except ConnectionClosed:
                     pass  # the charger loop sees the close
             elif kind is Answer:
+                if counted is not None and counted[0] > 0:
+                    counted[0] -= 1  # handed over: _answer takes it off when stored
+                else:
+                    self.pending_stores += 1
                 await self._answer(effect.call)  # type: ignore[union-attr]
             elif kind is Note:
                 self._note(effect)  # type: ignore[arg-type]
@@ -676,9 +699,11 @@ class Session:
             pass
 
     async def _answer(self, call: Call) -> None:
+        """Answer a charger call locally (stored first when it is a transaction
+        message); the caller has counted it in ``pending_stores``."""
         if self.responder is None:
+            self.pending_stores -= 1
             return
-        self.pending_stores += 1
         self.metrics.offline_answers[call.action] += 1
         try:
             text = await self.responder.answer(self, call)

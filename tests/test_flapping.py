@@ -28,6 +28,7 @@ from peers import (
     controller_url,
     delivery_figures,
     ledger,
+    message_key,
 )
 from websockets.exceptions import ConnectionClosed
 
@@ -229,6 +230,17 @@ async def test_many_chargers_flapping_uplink(
         await asyncio.gather(*(c.close() for c in run.opened), return_exceptions=True)
 
 
+def print_out_of_order(identity: str, sent: list[Any], csms: CsmsPeer) -> None:
+    """What the charger sent and what the CSMS saw, one line each, for a reordering."""
+    print(f"\nout of order for {identity}; charger's calls:")
+    for e in sent:
+        print(f"  {e.outcome} {e.unique_id} {message_key(e.action, e.request)}")
+    print("at the CSMS (connection, direction, frame):")
+    for f in csms.log:
+        if f.identity == identity:
+            print(f"  {f.at:.3f} #{f.connection} {f.direction} {f.text!s:.160}")
+
+
 async def run_and_check(run: Run) -> None:
     csms, relay, ctl = run.csms, run.relay, run.ctl
     url = controller_url(ctl.listen_port)
@@ -259,7 +271,10 @@ async def run_and_check(run: Run) -> None:
     energy_mismatches = []
     done = {s.identity: s for s in run.done}
     for charger in chargers:
-        totals = totals + delivery_figures(ledger(charger.frames), csms.inbound(charger.identity))
+        figures = delivery_figures(ledger(charger.frames), csms.inbound(charger.identity))
+        if figures.order_violations:
+            print_out_of_order(charger.identity, ledger(charger.frames), csms)
+        totals = totals + figures
         at_csms = csms_energy(csms, charger.identity)
         if at_csms != done[charger.identity].energy:
             energy_mismatches.append((charger.identity, done[charger.identity].energy, at_csms))
