@@ -27,11 +27,14 @@ been drained), confirms with /api/chargers that every outbox is empty, and repor
   uplink.
 
 The uplinks reopen with the controller's back-off (``[uplink] reconnect_*``; defaults
-unless --reconnect-* is given): the first reopen after the CSMS's start waits for the
-next retry, so the recovery time includes that wait.
+unless --reconnect-* is given), cut short by the site probe (``[uplink] probe_interval``,
+--probe-interval; 0 turns it off): the first reopen after the CSMS's start waits for the
+next probe or retry, so the recovery time includes that wait. --outage makes the outage
+longer (the back-offs grow with it).
 
 Run: .venv/bin/python bench/bench_recovery.py [--quick] [--ns 100,1000] [--messages 50]
-         [--delay-ms 5] [--rate 100] [--json FILE]
+         [--delay-ms 5] [--rate 100] [--outage S] [--probe-interval S]
+         [--json FILE]
 """
 
 from __future__ import annotations
@@ -673,7 +676,7 @@ def controller_env(
             "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
     )
-    for key in ("reconnect_min", "reconnect_max", "reconnect_jitter"):
+    for key in ("reconnect_min", "reconnect_max", "reconnect_jitter", "probe_interval"):
         v = getattr(a, key)
         if v is not None:
             env[f"OCPP_LC_UPLINK__{key.upper()}"] = str(v)
@@ -973,7 +976,8 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
         f"reconnect_min={a.reconnect_min if a.reconnect_min is not None else '1.0 (default)'} "
         f"reconnect_max={a.reconnect_max if a.reconnect_max is not None else '60 (default)'} "
         f"reconnect_jitter="
-        f"{a.reconnect_jitter if a.reconnect_jitter is not None else '2.0 (default)'}"
+        f"{a.reconnect_jitter if a.reconnect_jitter is not None else '2.0 (default)'} "
+        f"probe_interval={a.probe_interval if a.probe_interval is not None else '0.5 (default)'}"
     )
     print(
         f"CSMS delay {a.delay_ms:g} ms; max_connects_per_second={a.rate:g}; {backoff}; "
@@ -1105,6 +1109,9 @@ def main() -> int:
     ap.add_argument("--reconnect-max", type=float, help="[uplink] reconnect_max (default: 60)")
     ap.add_argument(
         "--reconnect-jitter", type=float, help="[uplink] reconnect_jitter (default: 2.0)"
+    )
+    ap.add_argument(
+        "--probe-interval", type=float, help="[uplink] probe_interval (default: 0.5; 0: off)"
     )
     ap.add_argument(
         "--outage", type=float, default=0.0, help="min s from the first charger to the CSMS start"

@@ -465,7 +465,10 @@ class Session:
             elif kind is ToCharger:
                 if not writable_now(charger):
                     return False
-            elif kind is not Note or effect.event == "charger_bad_frame":  # type: ignore[union-attr]
+            elif kind is Note:
+                if effect.event == "charger_bad_frame":  # type: ignore[union-attr]
+                    return False
+            elif kind is not ReplayResult and kind is not OwnResult:
                 return False
         for effect in effects:
             kind = type(effect)
@@ -476,8 +479,13 @@ class Session:
             elif kind is ToCharger:
                 self._count(effect, "down")  # type: ignore[arg-type]
                 write_now(charger, effect.text)  # type: ignore[union-attr]
-            else:
+            elif kind is Note:
                 self._note(effect)  # type: ignore[arg-type]
+            else:  # the answer to a call of the controller's own: its waiter resumes
+                self._resolve(
+                    self._waiters if kind is ReplayResult else self._own_waiters,
+                    effect,  # type: ignore[arg-type]
+                )
         return True
 
     def _count(self, effect: ToCsms | ToCharger, direction: str) -> None:
