@@ -11,20 +11,14 @@ StopTransaction sent after the restart, carries the id the CSMS gave the start.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import pytest
+from fault_tools import Service
 from peers import (
     ChargerPeer16,
     CsmsPeer,
@@ -38,163 +32,36 @@ pytestmark = pytest.mark.timeout(60)
 
 IDENTITY = "CP1"
 TAG = "SITE-TAG-1"
-REPO = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 15.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def crash_service(workdir: Path, csms_url: str, crashpoint: str) -> Service:
+    """The controller for these tests: a site list with TAG, fast reconnects and retries."""
+    site_list = workdir / "site-list.csv"
+    site_list.write_text(f"id_tag,status,expiry,parent_id_tag\n{TAG},Accepted,,\n")
+    return Service(
+        store_path=workdir / "lc.sqlite3",
+        log_path=workdir / "service.log",
+        csms_url=csms_url,
+        crashpoint=crashpoint,
+        extra_env={
+            "OCPP_LC_CSMS__CALL_TIMEOUT": "2",
+            "OCPP_LC_LOG__FORMAT": "json",
+            "OCPP_LC_UPLINK__RECONNECT_MIN": "0.05",
+            "OCPP_LC_UPLINK__RECONNECT_MAX": "0.3",
+            "OCPP_LC_UPLINK__RECONNECT_JITTER": "0.05",
+            "OCPP_LC_UPLINK__MAX_CONNECTS_PER_SECOND": "500",
+            "OCPP_LC_POLICY__TRANSACTION_MESSAGE_RETRY_INTERVAL": "0.1",
+            "OCPP_LC_LOCAL_LIST__PATH": str(site_list),
+        },
+    )
 
 
-async def http_status(port: int, path: str) -> int | None:
-    """The status code of ``GET path`` on 127.0.0.1:port, or None if it cannot connect."""
-    try:
-        async with asyncio.timeout(2.0):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-                await writer.drain()
-                line = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return None
-    parts = line.split()
-    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
-
-
-class Service:
-    """The controller as a subprocess; always killed and reaped on exit."""
-
-    def __init__(self, workdir: Path, csms_url: str, crashpoint: str | None = None) -> None:
-        self.workdir = workdir
-        self.listen_port = free_port()
-        self.admin_port = free_port()
-        self.store_path = workdir / "lc.sqlite3"
-        self.site_list = workdir / "site-list.csv"
-        self.site_list.write_text(f"id_tag,status,expiry,parent_id_tag\n{TAG},Accepted,,\n")
-        self.csms_url = csms_url
-        self.crashpoint = crashpoint
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")}
-        env.update(
-            {
-                "OCPP_LC_LISTEN__HOST": "127.0.0.1",
-                "OCPP_LC_LISTEN__PORT": str(self.listen_port),
-                "OCPP_LC_CSMS__URL": self.csms_url,
-                "OCPP_LC_CSMS__CALL_TIMEOUT": "2",
-                "OCPP_LC_STORE__PATH": str(self.store_path),
-                "OCPP_LC_ADMIN__HOST": "127.0.0.1",
-                "OCPP_LC_ADMIN__PORT": str(self.admin_port),
-                "OCPP_LC_LOG__LEVEL": "WARNING",
-                "OCPP_LC_LOG__FORMAT": "json",
-                "OCPP_LC_UPLINK__RECONNECT_MIN": "0.05",
-                "OCPP_LC_UPLINK__RECONNECT_MAX": "0.3",
-                "OCPP_LC_UPLINK__RECONNECT_JITTER": "0.05",
-                "OCPP_LC_UPLINK__MAX_CONNECTS_PER_SECOND": "500",
-                "OCPP_LC_POLICY__TRANSACTION_MESSAGE_RETRY_INTERVAL": "0.1",
-                "OCPP_LC_LOCAL_LIST__PATH": str(self.site_list),
-                # The test charger is not registered: the CSMS decides.
-                "OCPP_LC_ADMISSION__UNKNOWN_IDENTITIES": "pass_through",
-            }
-        )
-        if self.crashpoint is not None:
-            env["OCPP_LC_CRASHPOINT"] = self.crashpoint
-        return env
-
-    async def start(self, *, armed: bool) -> None:
-        """Start a run (with the crash point if ``armed``) and wait until it is ready.
-
-        A port picked free can be taken by another socket before the service binds it:
-        then the run is retried on fresh ports (the chargers read ``listen_port``)."""
-        for _ in range(3):
-            try:
-                await self._start(armed=armed)
-                return
-            except AssertionError:
-                if "address already in use" not in self.log_text().lower():
-                    raise
-                await self.wait_exit(5.0)
-                self.proc = None
-                self.listen_port, self.admin_port = free_port(), free_port()
-        await self._start(armed=armed)
-
-    async def _start(self, *, armed: bool) -> None:
-        assert self.proc is None
-        self.runs += 1
-        env = self.env()
-        if not armed:
-            env.pop("OCPP_LC_CRASHPOINT", None)
-        log = (self.workdir / f"service-{self.runs}.log").open("wb")
-        with log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while await http_status(self.admin_port, "/readyz") != 200:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the service exited at start: {self.log_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the service was not ready in time: {self.log_text()}")
-            await asyncio.sleep(0.05)
-
-    async def wait_exit(self, timeout: float) -> int:
-        """Wait until the process has ended; its return code."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while (code := self.proc.poll()) is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the service did not end in {timeout} s")
-            await asyncio.sleep(0.02)
-        self.proc = None
-        return code
-
-    async def terminate(self, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await self.wait_exit(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def log_text(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in sorted(self.workdir.glob("service-*"))
-        )
-
-    def outbox_counts(self) -> dict[str, int]:
-        with contextlib.closing(sqlite3.connect(self.store_path)) as db:
-            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
-        return {str(state): int(count) for state, count in rows}
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.kill()
+def outbox_counts(store_path: Path) -> dict[str, int]:
+    """Outbox rows by state, after an integrity check of the file."""
+    with contextlib.closing(sqlite3.connect(store_path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+    return {str(state): int(count) for state, count in rows}
 
 
 def mapping_violations(seen: list[LedgerEntry]) -> list[str]:
@@ -233,8 +100,10 @@ async def test_kill_during_replay_loses_and_reorders_nothing(
     await csms.stop()
     clock = StepClock()
     ledger: list[LedgerEntry] = []
-    with Service(tmp_path, csms.url, crashpoint) as svc:
-        await svc.start(armed=True)
+    svc = crash_service(tmp_path, csms.url, crashpoint)
+    try:
+        svc.spawn()
+        await svc.ready()
         url = controller_url(svc.listen_port)
         cp = ChargerPeer16(url, IDENTITY, clock=clock)
         async with cp:
@@ -244,15 +113,17 @@ async def test_kill_during_replay_loses_and_reorders_nothing(
             for wh in (1100, 1200, 1300, 1400):
                 await cp.meter_values(tx, wh)
             await csms.start()
-            code = await svc.wait_exit(10.0)
-            assert code == -signal.SIGKILL, f"did not die at {crashpoint}: {svc.log_text()}"
+            code = await svc.exited(10.0)
+            assert code == -signal.SIGKILL, f"did not die at {crashpoint}: {svc.log_tail()}"
             await cp.wait_closed()
         ledger += cp.ledger
         received_before = len(csms.inbound(IDENTITY))
 
         began = time.monotonic()
-        await svc.start(armed=False)
-        cp2 = ChargerPeer16(url, IDENTITY, clock=clock)
+        svc.crashpoint = None  # the restart runs unarmed, on the same ports and store
+        svc.spawn()
+        await svc.ready()
+        cp2 = ChargerPeer16(controller_url(svc.listen_port), IDENTITY, clock=clock)
         async with cp2:
 
             def all_there() -> bool:
@@ -270,8 +141,10 @@ async def test_kill_during_replay_loses_and_reorders_nothing(
                 "the StopTransaction",
             )
         ledger += cp2.ledger
-        assert await svc.terminate() == 0
-        counts = svc.outbox_counts()
+        assert await svc.stop() == 0
+        counts = outbox_counts(svc.store_path)
+    finally:
+        svc.kill()
 
     seen = csms.inbound(IDENTITY)
     figures = delivery_figures(ledger, seen)
