@@ -94,6 +94,7 @@ class Controller:
             "connected": len(self.chargers.sessions),
             "uplinks": uplinks,
             "replay_left": replay_left,
+            "uplink_probes": self.chargers.limiter.probes,
             **self._gauges,
         }
 

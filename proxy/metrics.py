@@ -109,6 +109,12 @@ class _Collector(Collector):
             m.notes,
         )
         state = m.state()
+        probes = CounterMetricFamily(
+            "ocpp_lc_uplink_probes",
+            "Back-off waits cut short to try the CSMS while no uplink got through",
+        )
+        probes.add_metric([], state.get("uplink_probes", 0))
+        yield probes
         connected = GaugeMetricFamily(
             "ocpp_lc_chargers_connected", "Chargers connected to the controller"
         )

@@ -90,6 +90,7 @@ from peers import (
     ledger,
     message_key,
 )
+from prometheus_client import generate_latest
 from relay import FaultRelay
 from websockets.exceptions import ConnectionClosed
 
@@ -1304,6 +1305,7 @@ async def test_f9_csms_back_noticed_within_the_probe_interval(
         for a, b in itertools.pairwise([t for t in attempts.by_identity[i] if t >= down])
     ]
     probes = ctl.chargers.limiter.probes
+    exported = generate_latest(ctl.metrics.registry).decode()
     figures_line(
         "F9-probe",
         probe_interval_s=probe,
@@ -1313,6 +1315,7 @@ async def test_f9_csms_back_noticed_within_the_probe_interval(
         min_gap_per_uplink_s=min(gaps),
     )
     assert answer[0] == CALLRESULT
+    assert f"ocpp_lc_uplink_probes_total {float(probes)}" in exported
     # no uplink ever retries sooner than reconnect_min after its previous attempt
     assert min(gaps) >= reconnect_min * 0.9, min(gaps)
     if probe:
