@@ -331,7 +331,11 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
 
 async def _stop16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
     tx_id = p["transactionId"]
-    await r.store.append(r.item(s, call, p, tx_id), r.store.stop_transaction(s.identity, tx_id))
+    await r.store.append(
+        r.item(s, call, p, tx_id),
+        r.store.stop_transaction(s.identity, tx_id),
+        r.store.online_stopped(s.identity, tx_id),
+    )
     r.site.stopped(s.identity, tx_id)
     answer: dict[str, Any] = {}
     tag = p.get("idTag")
@@ -484,6 +488,7 @@ async def _transaction_event201(
             status=status,
             ended=ended,
         ),
+        *((r.store.online_stopped(s.identity, tx_id),) if ended else ()),
     )
     if ended:
         r.site.stopped(s.identity, tx_id)

@@ -26,7 +26,7 @@ from policies.local_list import ListUpdate, apply_update
 from proxy.frames import CallResult
 from proxy.metrics import Metrics
 from proxy.router import Exchange, Origin
-from proxy.store import Store
+from proxy.store import Statement, Store
 
 if TYPE_CHECKING:
     from proxy.session import Session
@@ -112,19 +112,25 @@ class Site:
 
     # -- running transactions -------------------------------------------------------
 
-    def started(self, identity: str, tx_id: int | str, key: str) -> None:
+    def started(self, identity: str, tx_id: int | str, key: str) -> bool:
+        """The id ``key`` is charging in this transaction; False if known already."""
+        if self._tx_key.get((identity, tx_id)) == key:
+            return False
         self._active.setdefault(key, set()).add((identity, tx_id))
         self._tx_key[(identity, tx_id)] = key
+        return True
 
-    def stopped(self, identity: str, tx_id: int | str) -> None:
+    def stopped(self, identity: str, tx_id: int | str) -> bool:
+        """The transaction ended; False if it was not known as charging."""
         key = self._tx_key.pop((identity, tx_id), None)
         if key is None:
-            return
+            return False
         holders = self._active.get(key)
         if holders is not None:
             holders.discard((identity, tx_id))
             if not holders:
                 del self._active[key]
+        return True
 
     def charging(self, key: str) -> bool:
         return bool(self._active.get(key))
@@ -194,22 +200,18 @@ class Site:
                 return
             key = self._request_key(request)
             info = result.get("idTagInfo") or result.get("idTokenInfo")
-            if action == "TransactionEvent":
-                self._learn_event(identity, request, info, key)
-                if self.on_meter is not None:
-                    await self.on_meter(session, request)
-            elif action == "StartTransaction" and isinstance(result.get("transactionId"), int):
-                if key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
-                    self.started(identity, result["transactionId"], key)
-            elif action == "StopTransaction" and isinstance(request.get("transactionId"), int):
-                tx_id = request["transactionId"]
-                self.stopped(identity, tx_id)
-                provisional = session.router.tx_down.get(tx_id)
-                if provisional is not None:
-                    self.stopped(identity, provisional)
-                    await self.store.apply(self.store.close_transaction(identity, provisional))
+            # the id's answer first: once the id is seen charging, the cache knows it
             if key is not None:
                 await self._learn(identity, key, self._site_key(request), info)
+            changes: list[Statement] = []
+            if action == "TransactionEvent":
+                changes = self._learn_event(identity, request, info, key)
+            elif action in ("StartTransaction", "StopTransaction"):
+                changes = self._learn_transaction(session, action, request, result, key)
+            if changes:
+                await self.store.apply(*changes)
+            if action == "TransactionEvent" and self.on_meter is not None:
+                await self.on_meter(session, request)
         elif action in ("ChangeConfiguration", "SetVariables"):
             password = new_password(action, request, result)
             if password is not None and self.on_new_password is not None:
@@ -221,18 +223,65 @@ class Site:
             if version == 0:
                 await self.store.save_charger_list(identity, 0, {})
 
+    def _learn_transaction(
+        self,
+        session: Session,
+        action: str,
+        request: dict[str, Any],
+        result: dict[str, Any],
+        key: str | None,
+    ) -> list[Statement]:
+        """Which ids are charging, from OCPP 1.6 starts and stops passing through; the
+        changes to store."""
+        identity = session.identity
+        if action == "StartTransaction":
+            real = result.get("transactionId")
+            info = result.get("idTagInfo")
+            accepted = isinstance(info, dict) and info.get("status") == "Accepted"
+            if (
+                isinstance(real, int)
+                and key is not None
+                and accepted
+                and self.started(identity, real, key)
+            ):
+                return [self.store.online_started(identity, real, key)]
+            return []
+        tx_id = request.get("transactionId")
+        if not isinstance(tx_id, int):
+            return []
+        changes = []
+        if self.stopped(identity, tx_id):
+            changes.append(self.store.online_stopped(identity, tx_id))
+        provisional = session.router.tx_down.get(tx_id)
+        if provisional is not None:
+            self.stopped(identity, provisional)
+            changes.append(self.store.close_transaction(identity, provisional))
+        return changes
+
     def _learn_event(
         self, identity: str, request: dict[str, Any], info: Any, key: str | None
-    ) -> None:
-        """Which ids are charging, from OCPP 2.0.1 TransactionEvents passing through."""
+    ) -> list[Statement]:
+        """Which ids are charging, from OCPP 2.0.1 TransactionEvents passing through;
+        the changes to store."""
         tx = request.get("transactionInfo")
         tx_id = tx.get("transactionId") if isinstance(tx, dict) else None
         if not isinstance(tx_id, str):
-            return
+            return []
         if request.get("eventType") == "Ended":
-            self.stopped(identity, tx_id)
-        elif key is not None and isinstance(info, dict) and info.get("status") == "Accepted":
-            self.started(identity, tx_id, key)
+            if self.stopped(identity, tx_id):
+                # started online, or offline and replayed: ended either way
+                return [
+                    self.store.online_stopped(identity, tx_id),
+                    self.store.station_ended(identity, tx_id),
+                ]
+        elif (
+            key is not None
+            and isinstance(info, dict)
+            and info.get("status") == "Accepted"
+            and self.started(identity, tx_id, key)
+        ):
+            return [self.store.online_started(identity, tx_id, key)]
+        return []
 
     @staticmethod
     def _request_key(request: dict[str, Any]) -> str | None:

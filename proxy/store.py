@@ -118,6 +118,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX charger_lists_by_key ON charger_lists(key);
     """,
+    # version 2: transactions the CSMS accepted online, for the site-wide ConcurrentTx
+    # check across restarts (tx_id keeps its type: a 1.6 integer or a 2.0.1 string)
+    """
+    CREATE TABLE charging_online(
+        identity TEXT NOT NULL,
+        tx_id NOT NULL,
+        id_key TEXT NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY(identity, tx_id)
+    )
+    """,
 )
 
 
@@ -483,14 +494,44 @@ class Store:
             (identity, provisional),
         )
 
-    async def running_transactions(self) -> list[tuple[str, int, str]]:
-        """(identity, provisional id, id key) of offline transactions not yet stopped."""
+    async def running_transactions(self) -> list[tuple[str, int | str, str]]:
+        """(identity, transaction id, id key) of every transaction whose id is charging:
+        offline starts not yet stopped (1.6 provisional ids, 2.0.1 station ids) and the
+        starts the CSMS accepted online and no stop has ended yet."""
         rows = await self._rows(
             "SELECT identity, provisional, id_key FROM transactions"
             " WHERE stopped = 0 AND status = 'Accepted'"
-            " ORDER BY provisional"
+            " UNION ALL SELECT identity, transaction_id, id_key FROM station_transactions"
+            " WHERE ended = 0 AND status = 'Accepted' AND id_key IS NOT NULL"
+            " UNION ALL SELECT identity, tx_id, id_key FROM charging_online"
         )
-        return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+        return [(str(r[0]), r[1], str(r[2])) for r in rows]
+
+    @staticmethod
+    def online_started(identity: str, tx_id: int | str, id_key: str) -> Statement:
+        """The CSMS accepted a transaction online: its id is charging until it stops."""
+        return (
+            "INSERT INTO charging_online(identity, tx_id, id_key, since) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(identity, tx_id) DO UPDATE SET id_key = excluded.id_key",
+            (identity, tx_id, id_key, time.time()),
+        )
+
+    @staticmethod
+    def station_ended(identity: str, transaction_id: str) -> Statement:
+        """A 2.0.1 transaction recorded offline ended (its Ended event went up live)."""
+        return (
+            "UPDATE station_transactions SET ended = 1, updated = ?"
+            " WHERE identity = ? AND transaction_id = ?",
+            (time.time(), identity, transaction_id),
+        )
+
+    @staticmethod
+    def online_stopped(identity: str, tx_id: int | str) -> Statement:
+        """A transaction ended (online or offline): no longer charging."""
+        return (
+            "DELETE FROM charging_online WHERE identity = ? AND tx_id = ?",
+            (identity, tx_id),
+        )
 
     async def outbox(
         self, identity: str | None = None, *, state: str = "pending", limit: int = 1000

@@ -424,6 +424,51 @@ async def test_card_charging_on_one_charger_is_refused_on_another_as_concurrent_
             assert again["idTagInfo"]["status"] == "Accepted"
 
 
+async def test_card_charging_online_is_concurrent_tx_after_a_restart(
+    csms: CsmsPeer, controller_factory: ControllerFactory, tmp_path: Path
+) -> None:
+    """Scenario 8 across a restart: a card the CSMS accepted online on A is still
+    ConcurrentTx on B, offline, after the controller restarted on the same store; A's
+    StopTransaction frees it, and that holds across the next restart too."""
+    overrides: dict[str, Any] = {
+        "uplink": FAST_RECONNECT,
+        "policy": {"concurrent_tx": True},
+        "store": {"path": tmp_path / "site.sqlite3"},
+    }
+    first = await controller_factory(**overrides)
+    async with ChargerPeer16(controller_url(first.listen_port), "CP-A") as a:
+        started = await a.call(
+            call16.StartTransaction(
+                connector_id=1, id_tag="CARD-R", meter_start=0, timestamp=a.now()
+            )
+        )
+        assert started.transaction_id < PROVISIONAL_START  # the CSMS's own id
+
+        async def stored() -> bool:
+            running = await first.store.running_transactions()
+            return ("CP-A", started.transaction_id, "CARD-R") in running
+
+        await eventually(stored, what="the start to be stored")
+    await first.stop()
+    await csms.stop()
+
+    second = await controller_factory(**overrides)
+    assert second.site.charging("CARD-R")
+    url = controller_url(second.listen_port)
+    async with RawCharger(url, "CP-B") as b:
+        refused = result_of(await b.call("StartTransaction", start_payload("card-r", 10)))
+        assert refused["idTagInfo"]["status"] == "ConcurrentTx"
+        async with RawCharger(url, "CP-A") as a2:
+            result_of(await a2.call("StopTransaction", stop_payload(started.transaction_id, 500)))
+        again = result_of(await b.call("StartTransaction", start_payload("CARD-R", 20)))
+        assert again["idTagInfo"]["status"] == "Accepted"
+        result_of(await b.call("StopTransaction", stop_payload(again["transactionId"], 30)))
+    await second.stop()
+
+    third = await controller_factory(**overrides)
+    assert not third.site.charging("CARD-R")
+
+
 async def test_card_started_offline_is_concurrent_tx_on_another_charger(
     controller_factory: ControllerFactory, tmp_path: Path
 ) -> None:
