@@ -212,9 +212,11 @@ class ConnectLimiter:
             if now < due:
                 await asyncio.sleep(due - now)
                 continue
-            ready = next((f for f, at in self._sleepers.items() if at <= now), None)
+            # a sleeper whose wait ended (timed out, cancelled) leaves on its next turn
+            waiting = {f: at for f, at in self._sleepers.items() if not f.done()}
+            ready = next((f for f, at in waiting.items() if at <= now), None)
             if ready is None:
-                await asyncio.sleep(min(self._sleepers.values()) - now)
+                await asyncio.sleep(min(waiting.values(), default=now + 0.01) - now)
                 continue
             del self._sleepers[ready]
             ready.set_result(None)
