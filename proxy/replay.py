@@ -130,7 +130,7 @@ class Replayer:
                 if not rows:
                     if session.uplink is not uplink:
                         raise UplinkGone()
-                    if session.pending_stores == 0 and session.stored_count == mark:
+                    if session.stores_settled() and session.stored_count == mark:
                         session.router.drained()
                         session.replay_left = 0
                         log.info(

@@ -385,13 +385,9 @@ class Session:
                 if self._serial_cn is not None and not await self._serial_ok(message):
                     return
                 self._down_busy = True
-                effects = router.charger_frame(message, clock())
-                answers = [sum(1 for e in effects if type(e) is Answer)]
-                self.pending_stores += answers[0]  # under way from now (see _dispatch)
                 try:
-                    await self._apply(effects, answers)
+                    await self._apply(router.charger_frame(message, clock()))
                 finally:
-                    self.pending_stores -= answers[0]
                     self._down_busy = False
 
     # -- frames handed over directly (proxy.direct) --------------------------------
@@ -427,12 +423,7 @@ class Session:
             except Exception as exc:  # the frame was routed already: never route it twice
                 self.log.error("session_dispatch_failed", error=repr(exc))
                 return
-        # A local answer counts as under way from now, not from when its turn comes:
-        # a replay must not find the outbox empty and go ONLINE while a transaction
-        # message routed before that is still to be stored behind it.
-        answers = [sum(1 for e in effects if type(e) is Answer)]
-        self.pending_stores += answers[0]
-        task = self._loop.create_task(self._apply_after(previous, effects, answers))
+        task = self._loop.create_task(self._apply_after(previous, effects))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if up:
@@ -441,21 +432,13 @@ class Session:
             self._down_pending = task
 
     async def _apply_after(
-        self, previous: asyncio.Task[None] | None, effects: list[Effect], answers: list[int]
+        self, previous: asyncio.Task[None] | None, effects: list[Effect]
     ) -> None:
-        """Apply ``effects`` once what the direction had under way is done (its order).
-
-        ``answers``: the local answers among them counted in ``pending_stores`` already;
-        whatever is not reached (cancelled, failed) is taken off at the end.
-        """
-        try:
-            if previous is not None and not previous.done():
-                with contextlib.suppress(Exception):
-                    await previous
-            await self._apply(effects, answers)
-        finally:
-            self.pending_stores -= answers[0]
-            answers[0] = 0
+        """Apply ``effects`` once what the direction had under way is done (its order)."""
+        if previous is not None and not previous.done():
+            with contextlib.suppress(Exception):
+                await previous
+        await self._apply(effects)
 
     def _write_all_now(self, effects: list[Effect]) -> bool:
         uplink, charger = self.uplink, self.charger
@@ -604,9 +587,8 @@ class Session:
                     fut.exception()
             waiters.clear()
 
-    async def _apply(self, effects: list[Effect], counted: list[int] | None = None) -> None:
-        """Apply effects in order. ``counted``: how many of their local answers are in
-        ``pending_stores`` already (see :meth:`_dispatch`)."""
+    async def _apply(self, effects: list[Effect]) -> None:
+        """Apply effects in order."""
         for effect in effects:
             kind = type(effect)
             if kind is ToCsms:
@@ -619,10 +601,6 @@ class Session:
                 except ConnectionClosed:
                     pass  # the charger loop sees the close
             elif kind is Answer:
-                if counted is not None and counted[0] > 0:
-                    counted[0] -= 1  # handed over: _answer takes it off when stored
-                else:
-                    self.pending_stores += 1
                 await self._answer(effect.call)  # type: ignore[union-attr]
             elif kind is Note:
                 self._note(effect)  # type: ignore[arg-type]
@@ -710,10 +688,10 @@ class Session:
 
     async def _answer(self, call: Call) -> None:
         """Answer a charger call locally (stored first when it is a transaction
-        message); the caller has counted it in ``pending_stores``."""
+        message)."""
         if self.responder is None:
-            self.pending_stores -= 1
             return
+        self.pending_stores += 1
         self.metrics.offline_answers[call.action] += 1
         try:
             text = await self.responder.answer(self, call)
@@ -730,17 +708,28 @@ class Session:
             if ARMED:
                 crashpoint("after_ack")
 
+    def stores_settled(self) -> bool:
+        """Everything the charger sent so far has had its local answer stored: none
+        being committed, and no charger frame routed but still waiting for its turn in
+        the charger direction (a local answer routed there is stored only then; a
+        replay that went ONLINE before it would let later messages overtake it)."""
+        pending = self._down_pending
+        return self.pending_stores == 0 and (pending is None or pending.done())
+
     async def wait_stored(self, wait_for: float) -> None:
-        """Wait until a local answer has been committed (or ``wait_for`` seconds)."""
+        """Wait until the stores seen by :meth:`stores_settled` are done (or
+        ``wait_for`` seconds)."""
         if self._stored is None:
             self._stored = asyncio.Event()
         stored = self._stored
         stored.clear()
-        if self.pending_stores == 0:
-            return
+        pending = self._down_pending
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_for):
-                await stored.wait()
+                if pending is not None and not pending.done():
+                    await asyncio.wait([pending])
+                elif self.pending_stores:
+                    await stored.wait()
 
     def start_drain(self, drainer: Drainer) -> bool:
         """Replay the outbox on the current uplink; a replay still winding down from
