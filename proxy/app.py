@@ -49,6 +49,7 @@ class Controller:
         self.responder = OfflineResponder(settings, self.store, self.site)
         self.replayer = Replayer(settings, self.store, self.metrics)
         self.site.on_meter = self.replayer.meter
+        self.site.on_meter_now = self.replayer.meter_now
         self.site.on_csms_time = self.responder.clock.observe
         self.gate = Gate(settings, self.store, self.metrics, get_logger(component="security"))
         self.site.on_new_password = self._new_password

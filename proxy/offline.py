@@ -10,6 +10,7 @@ InternalError and will retry.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -214,12 +215,43 @@ class OfflineResponder:
         try:
             return await handler(self, session, call, payload)
         except StoreError as exc:
-            session.log.error("store_failed", action=call.action, error=str(exc))
-            session.metrics.security_events["store_write_failed"] += 1
-            session.log.warning(
-                "security_event", security_event="store_write_failed", error=str(exc)
+            return self.store_failed(session, call, exc)
+
+    def answer_soon(self, session: Session, call: Call) -> tuple[asyncio.Future[None], str] | None:
+        """The quick path of :meth:`answer` for a message that is only stored and
+        acknowledged (MeterValues and the notifications): checked, handed to the next
+        group commit, and its answer, to be sent once the future is done (a StoreError
+        from it: answer :meth:`store_failed` instead). None where :meth:`answer` must
+        answer (anything else, a schema violation, a charger not accepted)."""
+        handler = self._tables.get(session.router.dialect.subprotocol, {}).get(call.action)
+        if handler is not _stored16 and handler is not _stored201:
+            return None
+        payload = call.payload
+        if type(payload) is not dict or session.boot_status not in (None, "Accepted"):
+            return None
+        if schema_problem(session.router.dialect, call.action, payload) is not None:
+            return None
+        tx_id = payload.get("transactionId") if handler is _stored16 else None
+        try:
+            stored = self.store.append_soon(
+                self.item(session, call, payload, tx_id if type(tx_id) is int else None)
             )
-            return self._error(dialect, call, ErrorKind.INTERNAL, "the message could not be stored")
+        except StoreError:
+            return None
+        if call.action == "MeterValues" and self.site.on_meter_now is not None:
+            follow = self.site.on_meter_now(session, payload)
+            if follow is not None:
+                session._spawn(follow, "policy")
+        return stored, frames.result(call.id, {})
+
+    def store_failed(self, session: Session, call: Call, exc: BaseException) -> str:
+        """The answer to a call whose message could not be stored."""
+        session.log.error("store_failed", action=call.action, error=str(exc))
+        session.metrics.security_events["store_write_failed"] += 1
+        session.log.warning("security_event", security_event="store_write_failed", error=str(exc))
+        return self._error(
+            session.router.dialect, call, ErrorKind.INTERNAL, "the message could not be stored"
+        )
 
     async def outbox_full(self, session: Session) -> bool:
         """Whether the charger's outbox reached its cap (then no new transaction starts

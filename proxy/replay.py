@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings, charger_policy
@@ -381,6 +382,15 @@ class Replayer:
 
     async def meter(self, session: Session, payload: dict[str, Any]) -> None:
         """Energy readings from the charger (live or stored): watch capped transactions."""
+        suspend = self.meter_now(session, payload)
+        if suspend is not None:
+            await suspend
+
+    def meter_now(
+        self, session: Session, payload: dict[str, Any]
+    ) -> Coroutine[Any, Any, None] | None:
+        """:meth:`meter` in two steps: the reading is noted now; what is returned, if
+        anything, suspends the capped transaction that reading took past its limit."""
         ref: TxRef
         tx_id = payload.get("transactionId")
         if type(tx_id) is int:
@@ -390,11 +400,11 @@ class Replayer:
             info = payload.get("transactionInfo")
             station_id = info.get("transactionId") if isinstance(info, dict) else None
             if not isinstance(station_id, str):
-                return
+                return None
             ref = station_id
             reading = energy_wh_201(payload)
         if reading is None:
-            return
+            return None
         key = (session.identity, ref)
         self._energy[key] = reading
         watched = self._watched.get(key)
@@ -402,7 +412,8 @@ class Replayer:
             meter_start, cap, connector = watched
             if limit_reached(reading - meter_start, cap):
                 session.log.warning("energy_limit_reached", transaction_id=ref, limit_wh=cap)
-                await self._suspend(session, ref, connector)
+                return self._suspend(session, ref, connector)
+        return None
 
 
 def _marked_offline(call: Call) -> Call:

@@ -112,6 +112,12 @@ class Responder(Protocol):
 
     async def answer(self, session: Session, call: Call) -> str | None: ...
 
+    def answer_soon(
+        self, session: Session, call: Call
+    ) -> tuple[asyncio.Future[None], str] | None: ...
+
+    def store_failed(self, session: Session, call: Call, exc: BaseException) -> str: ...
+
 
 class Observer(Protocol):
     """Learns from exchanges that pass through (cache, local lists, transaction ids)."""
@@ -305,8 +311,8 @@ class Session:
         # loop is idle and nothing of that direction is still being applied.
         self._down_busy = False
         self._up_busy = False
-        self._down_pending: asyncio.Task[None] | None = None
-        self._up_pending: asyncio.Task[None] | None = None
+        self._down_pending: asyncio.Future[None] | None = None
+        self._up_pending: asyncio.Future[None] | None = None
 
     @property
     def subprotocol(self) -> str:
@@ -420,6 +426,9 @@ class Session:
             try:
                 if self._write_all_now(effects):
                     return
+                first = effects[0] if len(effects) == 1 and not up else None
+                if type(first) is Answer and self._answer_soon(first.call):
+                    return
             except Exception as exc:  # the frame was routed already: never route it twice
                 self.log.error("session_dispatch_failed", error=repr(exc))
                 return
@@ -432,7 +441,7 @@ class Session:
             self._down_pending = task
 
     async def _apply_after(
-        self, previous: asyncio.Task[None] | None, effects: list[Effect]
+        self, previous: asyncio.Future[None] | None, effects: list[Effect]
     ) -> None:
         """Apply ``effects`` once what the direction had under way is done (its order)."""
         if previous is not None and not previous.done():
@@ -707,6 +716,65 @@ class Session:
                 await send_text(self.charger, text)
             if ARMED:
                 crashpoint("after_ack")
+
+    def _answer_soon(self, call: Call) -> bool:
+        """:meth:`_answer` without a task, where the responder has a quick path for the
+        call: its answer is written from the group commit's completion. Until then the
+        charger direction waits on ``_down_pending`` (its order), and the store counts
+        as pending (a replay does not overtake it)."""
+        responder = self.responder
+        if responder is None or self._closing:
+            return False
+        quick = responder.answer_soon(self, call)
+        if quick is None:
+            return False
+        stored, text = quick
+        self.pending_stores += 1
+        self.metrics.offline_answers[call.action] += 1
+        answered: asyncio.Future[None] = self._loop.create_future()
+        self._down_pending = answered
+        stored.add_done_callback(lambda fut: self._stored_soon(call, text, answered, fut))
+        return True
+
+    def _stored_soon(
+        self, call: Call, text: str, answered: asyncio.Future[None], stored: asyncio.Future[None]
+    ) -> None:
+        """The message of :meth:`_answer_soon` is durable (or failed): answer it."""
+        self.pending_stores -= 1
+        self.stored_count += 1
+        if self._stored is not None:
+            self._stored.set()
+        later = False
+        try:
+            failed = stored.exception() if not stored.cancelled() else StoreError("cancelled")
+            if failed is not None:
+                assert self.responder is not None
+                text = self.responder.store_failed(self, call, failed)
+            if ARMED:
+                crashpoint("after_commit_before_ack")
+            charger = self.charger
+            if self._closing or charger.protocol.state is not OPEN:
+                return  # gone: the charger retries what it got no answer for
+            if not writable_now(charger):  # flow control: the usual send, in order
+                later = True
+                self._spawn(self._send_answer(text, answered), "answer")
+                return
+            write_now(charger, text)
+            if ARMED:
+                crashpoint("after_ack")
+        finally:
+            if not later and not answered.done():
+                answered.set_result(None)
+
+    async def _send_answer(self, text: str, answered: asyncio.Future[None]) -> None:
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await send_text(self.charger, text)
+            if ARMED:
+                crashpoint("after_ack")
+        finally:
+            if not answered.done():
+                answered.set_result(None)
 
     def stores_settled(self) -> bool:
         """Everything the charger sent so far has had its local answer stored: none

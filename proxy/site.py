@@ -10,7 +10,7 @@ charging (site-wide ConcurrentTx).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,11 @@ class Site:
         self.on_new_password: Callable[[Session, bytes], Awaitable[None]] | None = None
         #: Called with every MeterValues that passes through (the energy-cap policy).
         self.on_meter: Callable[[Session, dict[str, Any]], Awaitable[None]] | None = None
+        #: The same in two steps (the offline quick path): the reading is noted at
+        #: once; a coroutine returned is what must follow (a capped transaction).
+        self.on_meter_now: (
+            Callable[[Session, dict[str, Any]], Coroutine[Any, Any, None] | None] | None
+        ) = None
         #: Told the ``currentTime`` of each BootNotification answer passed through (the
         #: offline answers' clock guard).
         self.on_csms_time: Callable[[Any], None] | None = None

@@ -323,11 +323,16 @@ class Store:
 
     async def _write(self, statements: list[Statement]) -> None:
         """Commit ``statements`` as part of the next group commit; durable on return."""
+        await self._submit(statements)
+
+    def _submit(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Hand ``statements`` to the next group commit; the future is done when they
+        are durable (or failed with StoreError)."""
         if self._writer is None or self._writer.done():
             raise StoreError("the store is not open")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Change(statements, done))
-        await done
+        return done
 
     def _open_writer(self) -> None:
         """In the writer thread: the connection that every change is committed on."""
@@ -408,6 +413,11 @@ class Store:
         again (the charger's retry of a message it got no answer for).
         """
         await self._write([(_OUTBOX_INSERT, self._outbox_params(item)), *extra])
+
+    def append_soon(self, item: OutboxItem) -> asyncio.Future[None]:
+        """:meth:`append` without waiting: the future is done once the message is
+        durable (raises StoreError at once when the store is not open)."""
+        return self._submit([(_OUTBOX_INSERT, self._outbox_params(item))])
 
     @staticmethod
     def _outbox_params(item: OutboxItem) -> tuple[Any, ...]:
