@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from policies.authorization import AuthEntry, AuthStatus
 from proxy.crashpoints import ARMED, crashpoint
@@ -193,6 +194,17 @@ _OUTBOX_INSERT = (
     "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
     " offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity, dedupe_key) DO NOTHING"
 )
+# A run of outbox messages in one statement: one step of SQLite for the whole run, so
+# the writer thread takes the GIL twice per group commit instead of once per row (with
+# the event loop busy, every retake waits for it: a convoy that made commits of a few
+# hundred rows last tens of milliseconds). json_each keeps the rows in order.
+_OUTBOX_INSERT_MANY = (
+    "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
+    " offline) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]')"
+    " FROM json_each(?) WHERE true ON CONFLICT(identity, dedupe_key) DO NOTHING"
+)
 _OUTBOX_COLUMNS = (
     "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error, offline"
 )
@@ -355,6 +367,14 @@ class Store:
         con = self._wconn
         if con is None:
             raise StoreError("the store is not open")
+        if not ARMED and all(st[0] is _OUTBOX_INSERT for st in statements):
+            # Outbox messages only (the offline steady state): one statement, its own
+            # transaction, committed (and synced) within the one step.
+            if len(statements) == 1:
+                con.execute(_OUTBOX_INSERT, statements[0][1])
+            else:
+                con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps([st[1] for st in statements]),))
+            return
         con.execute("BEGIN IMMEDIATE")
         try:
             i, n = 0, len(statements)
@@ -365,6 +385,9 @@ class Store:
                     j += 1
                 if j - i == 1:
                     con.execute(sql, statements[i][1])
+                elif sql is _OUTBOX_INSERT:
+                    rows = orjson.dumps([st[1] for st in statements[i:j]])
+                    con.execute(_OUTBOX_INSERT_MANY, (rows,))
                 else:
                     con.executemany(sql, [st[1] for st in statements[i:j]])
                 i = j

@@ -175,6 +175,32 @@ async def test_dedupe_key_stores_a_message_once_per_charger(store: Store) -> Non
     assert await store.depths() == {"CP1": 3, "CP2": 1}
 
 
+async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> None:
+    """Messages handed over together go in one statement: in order, every column as
+    given (no transaction id, an integer one, the offline flag), a retry within the
+    same commit stored once; a batch mixing other statements in commits as well."""
+    commits: list[float] = []
+    store.on_commit = commits.append
+    items = [item(f"CP{n % 3}", n, key=f"k{n}") for n in range(50)]
+    items[10] = OutboxItem("CP1", "MeterValues", "m10", items[10].frame, None, "k10", False)
+    items.append(item("CP1", 99, key="k1"))  # CP1's retry of m1, in the same commit
+    await asyncio.gather(*(store.append_soon(i) for i in items))
+    assert len(commits) == 1
+    rows = await store.outbox(limit=100)
+    assert [r.message_id for r in rows] == [f"m{n}" for n in range(50)]
+    assert [r.frame for r in rows] == [i.frame for i in items[:50]]
+    assert [(r.identity, r.tx_id, r.offline) for r in rows[9:12]] == [
+        ("CP0", 7, 1),
+        ("CP1", None, 0),
+        ("CP2", 7, 1),
+    ]
+    # outbox messages with another kind of statement: one transaction all the same
+    mixed = [store.append_soon(item("CP0", 100 + n, key=f"x{n}")) for n in range(3)]
+    await asyncio.gather(*mixed, store.append(item("CP1", 200), store.stop_transaction("CP1", 5)))
+    rows = await store.outbox(limit=100)
+    assert [r.message_id for r in rows[50:]] == ["m100", "m101", "m102", "m200"]
+
+
 async def test_dead_letters_retry_and_drop_counts(store: Store) -> None:
     """Dead letters are listed apart; retry and drop report how many they touched."""
     for n in range(1, 5):
