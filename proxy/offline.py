@@ -10,7 +10,6 @@ InternalError and will retry.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -217,32 +216,38 @@ class OfflineResponder:
         except StoreError as exc:
             return self.store_failed(session, call, exc)
 
-    def answer_soon(self, session: Session, call: Call) -> tuple[asyncio.Future[None], str] | None:
+    def answer_soon(self, session: Session, call: Call, then: Callable[[str], None]) -> bool:
         """The quick path of :meth:`answer` for a message that is only stored and
-        acknowledged (MeterValues and the notifications): checked, handed to the next
-        group commit, and its answer, to be sent once the future is done (a StoreError
-        from it: answer :meth:`store_failed` instead). None where :meth:`answer` must
-        answer (anything else, a schema violation, a charger not accepted)."""
+        acknowledged (MeterValues and the notifications): checked and handed to the
+        next group commit; ``then`` is called with the answer once the message is
+        durable (or with the error answer if it could not be stored). False where
+        :meth:`answer` must answer (anything else, a schema violation, a charger not
+        accepted, a store not open)."""
         handler = self._tables.get(session.router.dialect.subprotocol, {}).get(call.action)
         if handler is not _stored16 and handler is not _stored201:
-            return None
+            return False
         payload = call.payload
         if type(payload) is not dict or session.boot_status not in (None, "Accepted"):
-            return None
+            return False
         if schema_problem(session.router.dialect, call.action, payload) is not None:
-            return None
+            return False
         tx_id = payload.get("transactionId") if handler is _stored16 else None
+        answer = frames.result(call.id, {})
+
+        def stored(error: StoreError | None) -> None:
+            then(answer if error is None else self.store_failed(session, call, error))
+
         try:
-            stored = self.store.append_soon(
-                self.item(session, call, payload, tx_id if type(tx_id) is int else None)
+            self.store.append_soon(
+                self.item(session, call, payload, tx_id if type(tx_id) is int else None), stored
             )
         except StoreError:
-            return None
+            return False
         if call.action == "MeterValues" and self.site.on_meter_now is not None:
             follow = self.site.on_meter_now(session, payload)
             if follow is not None:
                 session._spawn(follow, "policy")
-        return stored, frames.result(call.id, {})
+        return True
 
     def store_failed(self, session: Session, call: Call, exc: BaseException) -> str:
         """The answer to a call whose message could not be stored."""

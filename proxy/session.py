@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
@@ -112,11 +113,7 @@ class Responder(Protocol):
 
     async def answer(self, session: Session, call: Call) -> str | None: ...
 
-    def answer_soon(
-        self, session: Session, call: Call
-    ) -> tuple[asyncio.Future[None], str] | None: ...
-
-    def store_failed(self, session: Session, call: Call, exc: BaseException) -> str: ...
+    def answer_soon(self, session: Session, call: Call, then: Callable[[str], None]) -> bool: ...
 
 
 class Observer(Protocol):
@@ -725,20 +722,15 @@ class Session:
         responder = self.responder
         if responder is None or self._closing:
             return False
-        quick = responder.answer_soon(self, call)
-        if quick is None:
+        answered: asyncio.Future[None] = self._loop.create_future()
+        if not responder.answer_soon(self, call, partial(self._stored_soon, answered)):
             return False
-        stored, text = quick
         self.pending_stores += 1
         self.metrics.offline_answers[call.action] += 1
-        answered: asyncio.Future[None] = self._loop.create_future()
         self._down_pending = answered
-        stored.add_done_callback(lambda fut: self._stored_soon(call, text, answered, fut))
         return True
 
-    def _stored_soon(
-        self, call: Call, text: str, answered: asyncio.Future[None], stored: asyncio.Future[None]
-    ) -> None:
+    def _stored_soon(self, answered: asyncio.Future[None], text: str) -> None:
         """The message of :meth:`_answer_soon` is durable (or failed): answer it."""
         self.pending_stores -= 1
         self.stored_count += 1
@@ -746,10 +738,6 @@ class Session:
             self._stored.set()
         later = False
         try:
-            failed = stored.exception() if not stored.cancelled() else StoreError("cancelled")
-            if failed is not None:
-                assert self.responder is not None
-                text = self.responder.store_failed(self, call, failed)
             if ARMED:
                 crashpoint("after_commit_before_ack")
             charger = self.charger

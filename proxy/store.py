@@ -31,6 +31,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from config.logging import get_logger
 from policies.authorization import AuthEntry, AuthStatus
 from proxy.crashpoints import ARMED, crashpoint
 
@@ -187,7 +188,9 @@ Statement = tuple[str, Sequence[Any]]
 @dataclass(slots=True)
 class _Change:
     statements: list[Statement]
-    done: asyncio.Future[None]
+    #: A waiter's future, or a callback called with None once the statements are
+    #: durable, or with the StoreError that kept them from being stored.
+    done: asyncio.Future[None] | Callable[[StoreError | None], None]
 
 
 _OUTBOX_INSERT = (
@@ -226,6 +229,7 @@ class Store:
         self, path: Path, *, busy_timeout_ms: int = 2000, tx_id_start: int = 2_000_000_000
     ):
         self.path = Path(path)
+        self._log = get_logger(component="store")
         self._busy_timeout_ms = busy_timeout_ms
         self._tx_id_start = tx_id_start
         self._db: aiosqlite.Connection | None = None
@@ -411,21 +415,31 @@ class Store:
                 # One hop to the writer thread per batch, whatever its size.
                 await loop.run_in_executor(self._executor, self._commit_batch, statements)
             except asyncio.CancelledError:
-                for change in batch:
-                    if not change.done.done():
-                        change.done.set_exception(StoreError("the store is closing"))
+                self._settle(batch, StoreError("the store is closing"))
                 raise
             except Exception as exc:
-                error = StoreError(f"commit failed: {exc}")
-                for change in batch:
-                    if not change.done.done():
-                        change.done.set_exception(error)
+                self._settle(batch, StoreError(f"commit failed: {exc}"))
                 continue
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started)
-            for change in batch:
-                if not change.done.done():
-                    change.done.set_result(None)
+            self._settle(batch, None)
+
+    def _settle(self, batch: list[_Change], error: StoreError | None) -> None:
+        """Tell every change of a batch how its commit went."""
+        for change in batch:
+            done = change.done
+            if isinstance(done, asyncio.Future):
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+                continue
+            try:
+                done(error)
+            except Exception as exc:  # a waiter's bug must not stop the writer
+                self._log.error("store_callback_failed", error=repr(exc), exc_info=exc)
 
     # -- outbox ---------------------------------------------------------------------
 
@@ -437,10 +451,13 @@ class Store:
         """
         await self._write([(_OUTBOX_INSERT, self._outbox_params(item)), *extra])
 
-    def append_soon(self, item: OutboxItem) -> asyncio.Future[None]:
-        """:meth:`append` without waiting: the future is done once the message is
-        durable (raises StoreError at once when the store is not open)."""
-        return self._submit([(_OUTBOX_INSERT, self._outbox_params(item))])
+    def append_soon(self, item: OutboxItem, then: Callable[[StoreError | None], None]) -> None:
+        """:meth:`append` without waiting: ``then`` is called from the group commit,
+        with None once the message is durable or with the error that kept it from
+        being stored (raises StoreError at once when the store is not open)."""
+        if self._writer is None or self._writer.done():
+            raise StoreError("the store is not open")
+        self._queue.put_nowait(_Change([(_OUTBOX_INSERT, self._outbox_params(item))], then))
 
     @staticmethod
     def _outbox_params(item: OutboxItem) -> tuple[Any, ...]:

@@ -175,6 +175,22 @@ async def test_dedupe_key_stores_a_message_once_per_charger(store: Store) -> Non
     assert await store.depths() == {"CP1": 3, "CP2": 1}
 
 
+def appended_soon(store: Store, items: list[OutboxItem]) -> asyncio.Future[list[Any]]:
+    """Hand ``items`` to the store's quick path at once; done with what each callback
+    was told, once all were called."""
+    told: list[Any] = []
+    done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+    def then(error: StoreError | None) -> None:
+        told.append(error)
+        if len(told) == len(items):
+            done.set_result(told)
+
+    for i in items:
+        store.append_soon(i, then)
+    return done
+
+
 async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> None:
     """Messages handed over together go in one statement: in order, every column as
     given (no transaction id, an integer one, the offline flag), a retry within the
@@ -184,7 +200,7 @@ async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> N
     items = [item(f"CP{n % 3}", n, key=f"k{n}") for n in range(50)]
     items[10] = OutboxItem("CP1", "MeterValues", "m10", items[10].frame, None, "k10", False)
     items.append(item("CP1", 99, key="k1"))  # CP1's retry of m1, in the same commit
-    await asyncio.gather(*(store.append_soon(i) for i in items))
+    assert await appended_soon(store, items) == [None] * len(items)
     assert len(commits) == 1
     rows = await store.outbox(limit=100)
     assert [r.message_id for r in rows] == [f"m{n}" for n in range(50)]
@@ -195,8 +211,8 @@ async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> N
         ("CP2", 7, 1),
     ]
     # outbox messages with another kind of statement: one transaction all the same
-    mixed = [store.append_soon(item("CP0", 100 + n, key=f"x{n}")) for n in range(3)]
-    await asyncio.gather(*mixed, store.append(item("CP1", 200), store.stop_transaction("CP1", 5)))
+    mixed = appended_soon(store, [item("CP0", 100 + n, key=f"x{n}") for n in range(3)])
+    await asyncio.gather(mixed, store.append(item("CP1", 200), store.stop_transaction("CP1", 5)))
     rows = await store.outbox(limit=100)
     assert [r.message_id for r in rows[50:]] == ["m100", "m101", "m102", "m200"]
 
