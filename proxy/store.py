@@ -131,6 +131,46 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY(identity, tx_id)
     )
     """,
+    # version 3: the outbox without its unique (identity, dedupe_key) index; a retry is
+    # recognised by its charger's last dedupe key (outbox_last, kept by a trigger). The
+    # table is rebuilt (a table constraint cannot be dropped), seq values and the
+    # AUTOINCREMENT high-water mark kept.
+    """
+    CREATE TABLE outbox_v3(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        identity TEXT NOT NULL,
+        action TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        frame TEXT NOT NULL,
+        tx_id INTEGER,
+        dedupe_key TEXT,
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT,
+        offline INTEGER NOT NULL DEFAULT 1
+    );
+    INSERT INTO outbox_v3(seq, identity, action, message_id, frame, tx_id, dedupe_key,
+        created, attempts, state, last_error, offline)
+        SELECT seq, identity, action, message_id, frame, tx_id, dedupe_key, created,
+        attempts, state, last_error, offline FROM outbox ORDER BY seq;
+    DELETE FROM sqlite_sequence WHERE name = 'outbox_v3';
+    INSERT INTO sqlite_sequence(name, seq)
+        SELECT 'outbox_v3', seq FROM sqlite_sequence WHERE name = 'outbox';
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_by_charger ON outbox(identity, state, seq);
+    CREATE TABLE outbox_last(identity TEXT PRIMARY KEY, dedupe_key TEXT NOT NULL);
+    INSERT INTO outbox_last(identity, dedupe_key)
+        SELECT identity, dedupe_key FROM outbox AS o WHERE dedupe_key IS NOT NULL
+        AND seq = (SELECT MAX(seq) FROM outbox AS p
+                   WHERE p.identity = o.identity AND p.dedupe_key IS NOT NULL);
+    CREATE TRIGGER outbox_last_key AFTER INSERT ON outbox WHEN new.dedupe_key IS NOT NULL
+    BEGIN
+        INSERT INTO outbox_last(identity, dedupe_key) VALUES (new.identity, new.dedupe_key)
+            ON CONFLICT(identity) DO UPDATE SET dedupe_key = excluded.dedupe_key;
+    END
+    """,
 )
 
 
@@ -193,21 +233,54 @@ class _Change:
     done: asyncio.Future[None] | Callable[[StoreError | None], None]
 
 
+# A message is not stored again when its dedupe key is the one its charger's last keyed
+# message had (the charger's retry of the call it got no answer for: a charger has one
+# call open, so a retry is always of its latest); outbox_last keeps those keys, filled
+# by a trigger. A unique index would do the same for every message ever kept, at the
+# cost of one more index page written per message, which for a site-wide outage (every
+# row of a group commit a different charger) nearly doubles what each commit writes.
 _OUTBOX_INSERT = (
     "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
-    " offline) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity, dedupe_key) DO NOTHING"
+    " offline) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE ?6 IS NULL OR NOT EXISTS"
+    " (SELECT 1 FROM outbox_last WHERE identity = ?1 AND dedupe_key = ?6)"
 )
 # A run of outbox messages in one statement: one step of SQLite for the whole run, so
 # the writer thread takes the GIL twice per group commit instead of once per row (with
 # the event loop busy, every retake waits for it: a convoy that made commits of a few
-# hundred rows last tens of milliseconds). json_each keeps the rows in order.
+# hundred rows last tens of milliseconds). json_each keeps the rows in order. Retries
+# within the run are left out beforehand (see _fresh_rows); outbox_last is checked for
+# a charger's first keyed message of the run only (x = 1).
 _OUTBOX_INSERT_MANY = (
     "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
-    " offline) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
-    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]')"
-    " FROM json_each(?) WHERE true ON CONFLICT(identity, dedupe_key) DO NOTHING"
+    " offline) SELECT i, a, m, f, t, k, c, o FROM (SELECT json_extract(value, '$[0]') AS i,"
+    " json_extract(value, '$[1]') AS a, json_extract(value, '$[2]') AS m,"
+    " json_extract(value, '$[3]') AS f, json_extract(value, '$[4]') AS t,"
+    " json_extract(value, '$[5]') AS k, json_extract(value, '$[6]') AS c,"
+    " json_extract(value, '$[7]') AS o, json_extract(value, '$[8]') AS x FROM json_each(?))"
+    " WHERE k IS NULL OR x = 0 OR NOT EXISTS"
+    " (SELECT 1 FROM outbox_last WHERE identity = i AND dedupe_key = k)"
 )
+
+
+def _fresh_rows(statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
+    """The rows of a run of outbox inserts for :data:`_OUTBOX_INSERT_MANY`: a retry of
+    the message just before it (same charger, same key) left out, each charger's first
+    keyed row flagged to be checked against what is stored."""
+    last: dict[Any, Any] = {}
+    rows: list[tuple[Any, ...]] = []
+    for _, params in statements:
+        identity, key = params[0], params[5]
+        if key is None:
+            rows.append((*params, 0))
+            continue
+        if identity in last:
+            if last[identity] == key:
+                continue
+            rows.append((*params, 0))
+        else:
+            rows.append((*params, 1))
+        last[identity] = key
+    return rows
 _OUTBOX_COLUMNS = (
     "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error, offline"
 )
@@ -377,7 +450,7 @@ class Store:
             if len(statements) == 1:
                 con.execute(_OUTBOX_INSERT, statements[0][1])
             else:
-                con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps([st[1] for st in statements]),))
+                con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps(_fresh_rows(statements)),))
             return
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -390,7 +463,7 @@ class Store:
                 if j - i == 1:
                     con.execute(sql, statements[i][1])
                 elif sql is _OUTBOX_INSERT:
-                    rows = orjson.dumps([st[1] for st in statements[i:j]])
+                    rows = orjson.dumps(_fresh_rows(statements[i:j]))
                     con.execute(_OUTBOX_INSERT_MANY, (rows,))
                 else:
                     con.executemany(sql, [st[1] for st in statements[i:j]])
@@ -446,8 +519,8 @@ class Store:
     async def append(self, item: OutboxItem, *extra: Statement) -> None:
         """Commit one outbox message (and any ``extra`` statements with it).
 
-        A message whose ``dedupe_key`` is already stored for the charger is not stored
-        again (the charger's retry of a message it got no answer for).
+        A message whose ``dedupe_key`` is the one of the charger's last keyed message is
+        not stored again (the charger's retry of the call it got no answer for).
         """
         await self._write([(_OUTBOX_INSERT, self._outbox_params(item)), *extra])
 

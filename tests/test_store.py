@@ -105,6 +105,53 @@ async def test_migrations_bring_an_empty_file_up_to_date(tmp_path: Path) -> None
         await s.close()
 
 
+async def test_version_3_rebuilds_the_outbox_keeping_rows_seq_and_retries(
+    tmp_path: Path,
+) -> None:
+    """A version-2 file (outbox with a unique dedupe index) comes up with the same rows,
+    seq values and AUTOINCREMENT high-water mark, and each charger's last dedupe key,
+    so that a retry of its last message is still recognised after the upgrade."""
+    path = tmp_path / "v2.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(f"BEGIN; {MIGRATIONS[0]}; {MIGRATIONS[1]}; PRAGMA user_version=2; COMMIT;")
+        for n, (identity, key) in enumerate(
+            [("CP1", "a"), ("CP2", "b"), ("CP1", "c"), ("CP1", None), ("CP3", "d")]
+        ):
+            db.execute(
+                "INSERT INTO outbox(identity, action, message_id, frame, dedupe_key, created)"
+                " VALUES (?, 'MeterValues', ?, '[2]', ?, 1.0)",
+                (identity, f"m{n}", key),
+            )
+        db.execute("DELETE FROM outbox WHERE identity = 'CP3'")  # delivered: seq 5 used
+        db.execute("UPDATE outbox SET state = 'dead' WHERE message_id = 'm1'")
+    s = Store(path)
+    await s.open()
+    try:
+        assert (await s.pragmas())["user_version"] == len(MIGRATIONS) >= 3
+        rows = await s.outbox("CP1")
+        assert [(r.seq, r.message_id) for r in rows] == [(1, "m0"), (3, "m2"), (4, "m3")]
+        assert [r.message_id for r in await s.outbox(state="dead")] == ["m1"]
+        await s.append(item("CP1", 10, key="c"))  # a retry of CP1's last keyed message
+        await s.append(item("CP1", 11, key="a"))  # an older key: a new message
+        await s.append(item("CP2", 12, key="b"))  # CP2's retry
+        await s.append(item("CP3", 13, key="e"))
+        (sent,) = await s.outbox("CP3")
+        await s.delivered(sent.seq)
+        await s.append(item("CP3", 14, key="e"))  # a retry after its delivery: not again
+        await s.append(item("CP4", 15, key="e"))
+        rows = await s.outbox(limit=100)
+        assert [(r.seq, r.message_id) for r in rows] == [
+            (1, "m0"),
+            (3, "m2"),
+            (4, "m3"),
+            (6, "m11"),
+            (8, "m15"),
+        ]
+        assert await s.integrity_check() == "ok"
+    finally:
+        await s.close()
+
+
 async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     """A write to a store that is not open raises StoreError (the caller answers InternalError)."""
     s = Store(tmp_path / "closed.sqlite3")
@@ -199,7 +246,7 @@ async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> N
     store.on_commit = commits.append
     items = [item(f"CP{n % 3}", n, key=f"k{n}") for n in range(50)]
     items[10] = OutboxItem("CP1", "MeterValues", "m10", items[10].frame, None, "k10", False)
-    items.append(item("CP1", 99, key="k1"))  # CP1's retry of m1, in the same commit
+    items.append(item("CP1", 99, key="k49"))  # CP1's retry of m49, in the same commit
     assert await appended_soon(store, items) == [None] * len(items)
     assert len(commits) == 1
     rows = await store.outbox(limit=100)
@@ -362,7 +409,8 @@ _messages = st.lists(
 async def test_outbox_returns_what_was_appended_in_order_once(
     messages: list[tuple[str, str, str | None, str]], chunk: int
 ) -> None:
-    """Property: the outbox holds each appended message once (first per dedupe key), in order."""
+    """Property: the outbox holds each appended message in order, but for a retry: a
+    message with the dedupe key of its charger's last keyed message."""
     with tempfile.TemporaryDirectory() as tmp:
         s = Store(Path(tmp) / "p.sqlite3")
         await s.open()
@@ -381,13 +429,13 @@ async def test_outbox_returns_what_was_appended_in_order_once(
             # Appended in groups of concurrent writers, in list order.
             for start in range(0, len(items), chunk):
                 await asyncio.gather(*(s.append(i) for i in items[start : start + chunk]))
-            seen: set[tuple[str, str]] = set()
+            last: dict[str, str] = {}
             expected: list[OutboxItem] = []
             for i in items:
                 if i.dedupe_key is not None:
-                    if (i.identity, i.dedupe_key) in seen:
+                    if last.get(i.identity) == i.dedupe_key:
                         continue
-                    seen.add((i.identity, i.dedupe_key))
+                    last[i.identity] = i.dedupe_key
                 expected.append(i)
             rows = await s.outbox(limit=1000)
             got = [(r.identity, r.action, r.message_id, r.frame, r.tx_id) for r in rows]
