@@ -9,10 +9,12 @@ that. Reads go through aiosqlite on a second, read-only connection and see commi
 data only. Every read of the outbox is ``ORDER BY seq``.
 
 Tables: ``outbox`` (per-charger transaction messages, dead letters kept with
-``state='dead'``), ``transactions`` (provisional 1.6 ids, their CSMS ids), the site local
-list, the chargers' own local lists, the authorization cache, the charger registry (last
-BootNotification, last status per connector) and ``meta``. The schema version is
-``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file up to date.
+``state='dead'``; indexed by bucket, see :data:`OUTBOX_BUCKETS`; each charger's last
+dedupe key in ``outbox_last``), ``transactions`` (provisional 1.6 ids, their CSMS ids),
+the site local list, the chargers' own local lists, the authorization cache, the
+charger registry (last BootNotification, last status per connector) and ``meta``. The
+schema version is ``PRAGMA user_version``; :data:`MIGRATIONS` brings any older file up
+to date.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,10 +134,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY(identity, tx_id)
     )
     """,
-    # version 3: the outbox without its unique (identity, dedupe_key) index; a retry is
-    # recognised by its charger's last dedupe key (outbox_last, kept by a trigger). The
-    # table is rebuilt (a table constraint cannot be dropped), seq values and the
-    # AUTOINCREMENT high-water mark kept.
+    # version 3: the outbox without its unique (identity, dedupe_key) index, and indexed
+    # by bucket (a hash of the identity) rather than by charger; a retry is recognised
+    # by its charger's last dedupe key (outbox_last, kept by a trigger). The table is
+    # rebuilt (a table constraint cannot be dropped), seq values and the AUTOINCREMENT
+    # high-water mark kept. lc_bucket is outbox_bucket, given to the migrating
+    # connection.
     """
     CREATE TABLE outbox_v3(
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -148,23 +153,25 @@ MIGRATIONS: tuple[str, ...] = (
         attempts INTEGER NOT NULL DEFAULT 0,
         state TEXT NOT NULL DEFAULT 'pending',
         last_error TEXT,
-        offline INTEGER NOT NULL DEFAULT 1
+        offline INTEGER NOT NULL DEFAULT 1,
+        bucket INTEGER NOT NULL
     );
     INSERT INTO outbox_v3(seq, identity, action, message_id, frame, tx_id, dedupe_key,
-        created, attempts, state, last_error, offline)
+        created, attempts, state, last_error, offline, bucket)
         SELECT seq, identity, action, message_id, frame, tx_id, dedupe_key, created,
-        attempts, state, last_error, offline FROM outbox ORDER BY seq;
+        attempts, state, last_error, offline, lc_bucket(identity) FROM outbox ORDER BY seq;
     DELETE FROM sqlite_sequence WHERE name = 'outbox_v3';
     INSERT INTO sqlite_sequence(name, seq)
         SELECT 'outbox_v3', seq FROM sqlite_sequence WHERE name = 'outbox';
     DROP TABLE outbox;
     ALTER TABLE outbox_v3 RENAME TO outbox;
-    CREATE INDEX outbox_by_charger ON outbox(identity, state, seq);
+    CREATE INDEX outbox_by_bucket ON outbox(bucket, state, seq, identity);
     CREATE TABLE outbox_last(identity TEXT PRIMARY KEY, dedupe_key TEXT NOT NULL);
     INSERT INTO outbox_last(identity, dedupe_key)
-        SELECT identity, dedupe_key FROM outbox AS o WHERE dedupe_key IS NOT NULL
-        AND seq = (SELECT MAX(seq) FROM outbox AS p
-                   WHERE p.identity = o.identity AND p.dedupe_key IS NOT NULL);
+        SELECT identity, dedupe_key FROM (
+            SELECT identity, dedupe_key, MAX(seq) FROM outbox
+            WHERE dedupe_key IS NOT NULL GROUP BY identity
+        );
     CREATE TRIGGER outbox_last_key AFTER INSERT ON outbox WHEN new.dedupe_key IS NOT NULL
     BEGIN
         INSERT INTO outbox_last(identity, dedupe_key) VALUES (new.identity, new.dedupe_key)
@@ -172,6 +179,18 @@ MIGRATIONS: tuple[str, ...] = (
     END
     """,
 )
+
+#: Outbox messages are indexed by (bucket, state, seq): a group commit of a site-wide
+#: outage, one message per charger, then writes at most one index page per bucket
+#: (appended at its end), where an index by charger wrote one page per message (2.4 MB
+#: of WAL for 280 messages with the former unique index, 630 KB now). Reading one
+#: charger's messages scans its bucket's, about 1/32 of the site's.
+OUTBOX_BUCKETS = 32
+
+
+def outbox_bucket(identity: str) -> int:
+    """The outbox bucket of a charger (stable across processes and versions)."""
+    return zlib.crc32(identity.encode()) % OUTBOX_BUCKETS
 
 
 class StoreError(Exception):
@@ -241,7 +260,7 @@ class _Change:
 # row of a group commit a different charger) nearly doubles what each commit writes.
 _OUTBOX_INSERT = (
     "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
-    " offline) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE ?6 IS NULL OR NOT EXISTS"
+    " offline, bucket) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE ?6 IS NULL OR NOT EXISTS"
     " (SELECT 1 FROM outbox_last WHERE identity = ?1 AND dedupe_key = ?6)"
 )
 # A run of outbox messages in one statement: one step of SQLite for the whole run, so
@@ -252,11 +271,12 @@ _OUTBOX_INSERT = (
 # a charger's first keyed message of the run only (x = 1).
 _OUTBOX_INSERT_MANY = (
     "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
-    " offline) SELECT i, a, m, f, t, k, c, o FROM (SELECT json_extract(value, '$[0]') AS i,"
-    " json_extract(value, '$[1]') AS a, json_extract(value, '$[2]') AS m,"
-    " json_extract(value, '$[3]') AS f, json_extract(value, '$[4]') AS t,"
-    " json_extract(value, '$[5]') AS k, json_extract(value, '$[6]') AS c,"
-    " json_extract(value, '$[7]') AS o, json_extract(value, '$[8]') AS x FROM json_each(?))"
+    " offline, bucket) SELECT i, a, m, f, t, k, c, o, b FROM (SELECT"
+    " json_extract(value, '$[0]') AS i, json_extract(value, '$[1]') AS a,"
+    " json_extract(value, '$[2]') AS m, json_extract(value, '$[3]') AS f,"
+    " json_extract(value, '$[4]') AS t, json_extract(value, '$[5]') AS k,"
+    " json_extract(value, '$[6]') AS c, json_extract(value, '$[7]') AS o,"
+    " json_extract(value, '$[8]') AS b, json_extract(value, '$[9]') AS x FROM json_each(?))"
     " WHERE k IS NULL OR x = 0 OR NOT EXISTS"
     " (SELECT 1 FROM outbox_last WHERE identity = i AND dedupe_key = k)"
 )
@@ -281,6 +301,8 @@ def _fresh_rows(statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
             rows.append((*params, 1))
         last[identity] = key
     return rows
+
+
 _OUTBOX_COLUMNS = (
     "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error, offline"
 )
@@ -345,6 +367,7 @@ class Store:
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.create_function("lc_bucket", 1, outbox_bucket, deterministic=True)
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
@@ -543,6 +566,7 @@ class Store:
             item.dedupe_key,
             time.time(),
             int(item.offline),
+            outbox_bucket(item.identity),
         )
 
     async def start_transaction(self, tx: NewTransaction, item: OutboxItem) -> tuple[int, str, str]:
@@ -663,8 +687,8 @@ class Store:
         sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = ?"  # noqa: S608 - a constant column list
         params: list[Any] = [state]
         if identity is not None:
-            sql += " AND identity = ?"
-            params.append(identity)
+            sql += " AND bucket = ? AND identity = ?"
+            params += [outbox_bucket(identity), identity]
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         rows = await self._rows(sql, params)
@@ -695,8 +719,8 @@ class Store:
         sql = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
         params: tuple[Any, ...] = ()
         if identity is not None:
-            sql += " AND identity = ?"
-            params = (identity,)
+            sql += " AND bucket = ? AND identity = ?"
+            params = (outbox_bucket(identity), identity)
         row = await self._row(sql, params)
         return int(row[0]) if row else 0
 
@@ -1156,8 +1180,9 @@ class Store:
     async def outbox_count(self, identity: str | None = None, *, state: str = "pending") -> int:
         """Outbox messages in ``state`` (of one charger, or of all)."""
         row = await self._row(
-            "SELECT COUNT(*) FROM outbox WHERE state = ? AND (? IS NULL OR identity = ?)",
-            (state, identity, identity),
+            "SELECT COUNT(*) FROM outbox WHERE state = ?1"
+            " AND (?2 IS NULL OR (bucket = ?3 AND identity = ?2))",
+            (state, identity, None if identity is None else outbox_bucket(identity)),
         )
         return int(row[0]) if row else 0
 

@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 from peers import CALL, CALLERROR, CALLRESULT, RawCharger, controller_url
 
 from policies.authorization import AuthEntry, AuthStatus
-from proxy.store import MIGRATIONS, NewTransaction, OutboxItem, Store, StoreError
+from proxy.store import (
+    MIGRATIONS,
+    OUTBOX_BUCKETS,
+    NewTransaction,
+    OutboxItem,
+    Store,
+    StoreError,
+    outbox_bucket,
+)
 
 if TYPE_CHECKING:
     from conftest import ControllerFactory
@@ -150,6 +158,21 @@ async def test_version_3_rebuilds_the_outbox_keeping_rows_seq_and_retries(
         assert await s.integrity_check() == "ok"
     finally:
         await s.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        buckets = db.execute("SELECT identity, bucket FROM outbox").fetchall()
+        plan = " ".join(
+            str(r[3])
+            for r in db.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM outbox WHERE state = 'pending'"
+                " AND bucket = ? AND identity = ? ORDER BY seq LIMIT 200",
+                (outbox_bucket("CP1"), "CP1"),
+            )
+        )
+    assert all(b == outbox_bucket(i) for i, b in buckets)
+    assert len({outbox_bucket(f"CP{n}") for n in range(1000)}) == OUTBOX_BUCKETS
+    # one charger's messages are read through its bucket, in seq order, without sorting
+    assert "USING COVERING INDEX outbox_by_bucket (bucket=? AND state=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
 
 
 async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
