@@ -372,7 +372,14 @@ class Store:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            started = time.perf_counter()
             await db.executescript(f"BEGIN; {script}; PRAGMA user_version={target}; COMMIT;")
+            if version:  # not for a new file
+                self._log.info(
+                    "store_migrated",
+                    version=target,
+                    seconds=round(time.perf_counter() - started, 3),
+                )
 
     async def close(self) -> None:
         if self._writer is not None:
