@@ -95,6 +95,43 @@ def write_now(conn: ServerConnection | ClientConnection, text: str) -> None:
     conn.send_data()
 
 
+class _Flusher:
+    """Frames passed through are written out once per turn of the event loop: all the
+    frames routed while handling one poll's readable sockets leave together, so a
+    busy peer reads them in one wake-up rather than one at a time. A connection's
+    frames keep their order (they wait in its protocol's buffer, which every other
+    send empties first)."""
+
+    __slots__ = ("loop", "pending", "scheduled")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[ServerConnection | ClientConnection] = []
+        self.scheduled = False
+
+    def write(self, conn: ServerConnection | ClientConnection, text: str) -> None:
+        """Write a text frame this turn (``writable_now`` must hold)."""
+        conn.protocol.send_text(text.encode())
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new event loop (tests run many): start afresh
+            self.loop, self.pending, self.scheduled = loop, [], False
+        self.pending.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for conn in pending:
+            with contextlib.suppress(Exception):  # a lost transport: its close follows
+                conn.send_data()
+
+
+_flusher = _Flusher()
+write_soon = _flusher.write
+
+
 async def send_text(conn: ServerConnection | ClientConnection, text: str) -> None:
     """``conn.send(text)`` without its per-message context manager when nothing is in
     the way; anything else takes ``send``."""
@@ -466,10 +503,10 @@ class Session:
             if kind is ToCsms:
                 self._count(effect, "up")  # type: ignore[arg-type]
                 if uplink is not None:
-                    write_now(uplink, effect.text)  # type: ignore[union-attr]
+                    write_soon(uplink, effect.text)  # type: ignore[union-attr]
             elif kind is ToCharger:
                 self._count(effect, "down")  # type: ignore[arg-type]
-                write_now(charger, effect.text)  # type: ignore[union-attr]
+                write_soon(charger, effect.text)  # type: ignore[union-attr]
             elif kind is Note:
                 self._note(effect)  # type: ignore[arg-type]
             else:  # the answer to a call of the controller's own: its waiter resumes
