@@ -96,11 +96,12 @@ def write_now(conn: ServerConnection | ClientConnection, text: str) -> None:
 
 
 class _Flusher:
-    """Frames passed through are written out once per turn of the event loop: all the
-    frames routed while handling one poll's readable sockets leave together, so a
-    busy peer reads them in one wake-up rather than one at a time. A connection's
-    frames keep their order (they wait in its protocol's buffer, which every other
-    send empties first)."""
+    """Frames passed through, written together once per turn of the event loop: the
+    first frame of a turn goes at once (a lone frame waits for nothing), the others
+    routed while handling the same poll's sockets leave together at the end of the
+    turn, so a busy peer reads them in one wake-up rather than one at a time. A
+    connection's frames keep their order (they wait in its protocol's buffer, which
+    every other send empties first)."""
 
     __slots__ = ("loop", "pending", "scheduled")
 
@@ -115,10 +116,12 @@ class _Flusher:
         loop = asyncio.get_running_loop()
         if loop is not self.loop:  # a new event loop (tests run many): start afresh
             self.loop, self.pending, self.scheduled = loop, [], False
-        self.pending.append(conn)
-        if not self.scheduled:
+        if not self.scheduled:  # the first frame of a turn goes at once
             self.scheduled = True
             loop.call_soon(self.flush)
+            conn.send_data()
+            return
+        self.pending.append(conn)
 
     def flush(self) -> None:
         self.scheduled = False
