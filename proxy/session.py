@@ -737,15 +737,11 @@ class Session:
         message)."""
         if self.responder is None:
             return
-        self.pending_stores += 1
-        self.metrics.offline_answers[call.action] += 1
+        self._store_started(call)
         try:
             text = await self.responder.answer(self, call)
         finally:
-            self.pending_stores -= 1
-            self.stored_count += 1
-            if self._stored is not None:
-                self._stored.set()
+            self._store_done()
         if text is not None:
             if ARMED:
                 crashpoint("after_commit_before_ack")
@@ -765,17 +761,24 @@ class Session:
         answered: asyncio.Future[None] = self._loop.create_future()
         if not responder.answer_soon(self, call, partial(self._stored_soon, answered)):
             return False
-        self.pending_stores += 1
-        self.metrics.offline_answers[call.action] += 1
+        self._store_started(call)
         self._down_pending = answered
         return True
 
-    def _stored_soon(self, answered: asyncio.Future[None], text: str) -> None:
-        """The message of :meth:`_answer_soon` is durable (or failed): answer it."""
+    def _store_started(self, call: Call) -> None:
+        """A local answer is under way: the drain waits for it (see stores_settled)."""
+        self.pending_stores += 1
+        self.metrics.offline_answers[call.action] += 1
+
+    def _store_done(self) -> None:
         self.pending_stores -= 1
         self.stored_count += 1
         if self._stored is not None:
             self._stored.set()
+
+    def _stored_soon(self, answered: asyncio.Future[None], text: str) -> None:
+        """The message of :meth:`_answer_soon` is durable (or failed): answer it."""
+        self._store_done()
         later = False
         try:
             if ARMED:

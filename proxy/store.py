@@ -303,6 +303,14 @@ def _fresh_rows(statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
     return rows
 
 
+def _insert_outbox(con: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    """In the writer thread: a run of outbox inserts, as one statement."""
+    if len(statements) == 1:
+        con.execute(_OUTBOX_INSERT, statements[0][1])
+    else:
+        con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps(_fresh_rows(statements)),))
+
+
 _OUTBOX_COLUMNS = (
     "seq, identity, action, message_id, frame, tx_id, created, attempts, state, last_error, offline"
 )
@@ -442,16 +450,15 @@ class Store:
 
     async def _write(self, statements: list[Statement]) -> None:
         """Commit ``statements`` as part of the next group commit; durable on return."""
-        await self._submit(statements)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Change(statements, done))
+        await done
 
-    def _submit(self, statements: list[Statement]) -> asyncio.Future[None]:
-        """Hand ``statements`` to the next group commit; the future is done when they
-        are durable (or failed with StoreError)."""
+    def _enqueue(self, change: _Change) -> None:
+        """Hand a change to the next group commit (StoreError when the store is not open)."""
         if self._writer is None or self._writer.done():
             raise StoreError("the store is not open")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Change(statements, done))
-        return done
+        self._queue.put_nowait(change)
 
     def _open_writer(self) -> None:
         """In the writer thread: the connection that every change is committed on."""
@@ -477,10 +484,7 @@ class Store:
         if not ARMED and all(st[0] is _OUTBOX_INSERT for st in statements):
             # Outbox messages only (the offline steady state): one statement, its own
             # transaction, committed (and synced) within the one step.
-            if len(statements) == 1:
-                con.execute(_OUTBOX_INSERT, statements[0][1])
-            else:
-                con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps(_fresh_rows(statements)),))
+            _insert_outbox(con, statements)
             return
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -490,11 +494,10 @@ class Store:
                 j = i + 1
                 while j < n and statements[j][0] == sql:
                     j += 1
-                if j - i == 1:
+                if sql is _OUTBOX_INSERT:
+                    _insert_outbox(con, statements[i:j])
+                elif j - i == 1:
                     con.execute(sql, statements[i][1])
-                elif sql is _OUTBOX_INSERT:
-                    rows = orjson.dumps(_fresh_rows(statements[i:j]))
-                    con.execute(_OUTBOX_INSERT_MANY, (rows,))
                 else:
                     con.executemany(sql, [st[1] for st in statements[i:j]])
                 i = j
@@ -558,9 +561,7 @@ class Store:
         """:meth:`append` without waiting: ``then`` is called from the group commit,
         with None once the message is durable or with the error that kept it from
         being stored (raises StoreError at once when the store is not open)."""
-        if self._writer is None or self._writer.done():
-            raise StoreError("the store is not open")
-        self._queue.put_nowait(_Change([(_OUTBOX_INSERT, self._outbox_params(item))], then))
+        self._enqueue(_Change([(_OUTBOX_INSERT, self._outbox_params(item))], then))
 
     @staticmethod
     def _outbox_params(item: OutboxItem) -> tuple[Any, ...]:
