@@ -27,7 +27,7 @@ from websockets.protocol import OPEN
 
 from config.settings import CsmsSettings, UplinkSettings
 from proxy.crashpoints import ARMED, crashpoint
-from proxy.direct import DirectClientConnection, DirectServerConnection
+from proxy.direct import DirectClientConnection, DirectServerConnection, text_frame
 from proxy.frames import Call, CallError, CallResult, FrameError
 from proxy.frames import parse as parse_frame
 from proxy.metrics import Metrics
@@ -88,10 +88,27 @@ def writable_now(conn: ServerConnection | ClientConnection) -> bool:
     )
 
 
+def _queue_text(conn: ServerConnection | ClientConnection, text: str) -> None:
+    """Put a text frame in the connection's outgoing buffer (``writable_now`` must
+    hold), built here where no extension is in use, else by the protocol object."""
+    protocol = conn.protocol
+    frame = text_frame(protocol, text)
+    if frame is None:
+        protocol.send_text(text.encode())
+    else:
+        protocol.writes.append(frame)
+
+
 def write_now(conn: ServerConnection | ClientConnection, text: str) -> None:
-    """Write a text frame at once (``writable_now`` must hold): built by the
-    connection's own protocol object and written, as ``send`` does on that path."""
-    conn.protocol.send_text(text.encode())
+    """Write a text frame at once (``writable_now`` must hold), after anything the
+    connection's protocol has buffered, as ``send`` does on that path."""
+    protocol = conn.protocol
+    if not protocol.writes:
+        frame = text_frame(protocol, text)
+        if frame is not None:
+            conn.transport.write(frame)
+            return
+    _queue_text(conn, text)
     conn.send_data()
 
 
@@ -112,7 +129,7 @@ class _Flusher:
 
     def write(self, conn: ServerConnection | ClientConnection, text: str) -> None:
         """Write a text frame this turn (``writable_now`` must hold)."""
-        conn.protocol.send_text(text.encode())
+        _queue_text(conn, text)
         loop = asyncio.get_running_loop()
         if loop is not self.loop:  # a new event loop (tests run many): start afresh
             self.loop, self.pending, self.scheduled = loop, [], False
