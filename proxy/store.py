@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import sqlite3
 import time
 import zlib
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from config.logging import get_logger
 from policies.authorization import AuthEntry, AuthStatus
@@ -266,49 +267,66 @@ _OUTBOX_INSERT = (
 # A run of outbox messages in one statement: one step of SQLite for the whole run, so
 # the writer thread takes the GIL twice per group commit instead of once per row (with
 # the event loop busy, every retake waits for it: a convoy that made commits of a few
-# hundred rows last tens of milliseconds). json_each keeps the rows in order. Retries
+# hundred rows last tens of milliseconds). The rows are bound as a VALUES list (each
+# row's place in the run as its last column, the order they are inserted in), padded
+# with rows of NULLs up to a multiple of _ROWS_STEP so that a few statement texts serve
+# every size (SQLite parses each once; the sqlite3 module keeps them prepared). Retries
 # within the run are left out beforehand (see _fresh_rows); outbox_last is checked for
-# a charger's first keyed message of the run only (x = 1).
-_OUTBOX_INSERT_MANY = (
-    "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"
-    " offline, bucket) SELECT i, a, m, f, t, k, c, o, b FROM (SELECT"
-    " json_extract(value, '$[0]') AS i, json_extract(value, '$[1]') AS a,"
-    " json_extract(value, '$[2]') AS m, json_extract(value, '$[3]') AS f,"
-    " json_extract(value, '$[4]') AS t, json_extract(value, '$[5]') AS k,"
-    " json_extract(value, '$[6]') AS c, json_extract(value, '$[7]') AS o,"
-    " json_extract(value, '$[8]') AS b, json_extract(value, '$[9]') AS x FROM json_each(?))"
-    " WHERE k IS NULL OR x = 0 OR NOT EXISTS"
-    " (SELECT 1 FROM outbox_last WHERE identity = i AND dedupe_key = k)"
-)
+# a charger's first keyed message of the run only (column10 = 1).
+_ROWS_STEP = 64
+#: Rows per statement at most (11 parameters a row, under SQLite's 32,766).
+_ROWS_MAX = 2048
+_NULL_ROW = (None,) * 11
+
+
+@functools.cache
+def _outbox_insert_many(rows: int) -> str:
+    """The statement inserting a run of ``rows`` outbox rows (see above)."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        "INSERT INTO outbox(identity, action, message_id, frame, tx_id, dedupe_key, created,"  # noqa: S608 - placeholders only
+        " offline, bucket) SELECT column1, column2, column3, column4, column5, column6,"
+        f" column7, column8, column9 FROM (VALUES {values}) WHERE column1 IS NOT NULL AND"
+        " (column6 IS NULL OR column10 = 0 OR NOT EXISTS"
+        " (SELECT 1 FROM outbox_last WHERE identity = column1 AND dedupe_key = column6))"
+        " ORDER BY column11"
+    )
 
 
 def _fresh_rows(statements: Sequence[Statement]) -> list[tuple[Any, ...]]:
-    """The rows of a run of outbox inserts for :data:`_OUTBOX_INSERT_MANY`: a retry of
+    """The rows of a run of outbox inserts for :func:`_outbox_insert_many`: a retry of
     the message just before it (same charger, same key) left out, each charger's first
-    keyed row flagged to be checked against what is stored."""
+    keyed row flagged to be checked against what is stored, each row's place last."""
     last: dict[Any, Any] = {}
     rows: list[tuple[Any, ...]] = []
     for _, params in statements:
         identity, key = params[0], params[5]
         if key is None:
-            rows.append((*params, 0))
+            rows.append((*params, 0, len(rows)))
             continue
         if identity in last:
             if last[identity] == key:
                 continue
-            rows.append((*params, 0))
+            rows.append((*params, 0, len(rows)))
         else:
-            rows.append((*params, 1))
+            rows.append((*params, 1, len(rows)))
         last[identity] = key
     return rows
 
 
 def _insert_outbox(con: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    """In the writer thread: a run of outbox inserts, as one statement."""
+    """In the writer thread: a run of outbox inserts, as one statement per
+    :data:`_ROWS_MAX` rows."""
     if len(statements) == 1:
         con.execute(_OUTBOX_INSERT, statements[0][1])
-    else:
-        con.execute(_OUTBOX_INSERT_MANY, (orjson.dumps(_fresh_rows(statements)),))
+        return
+    rows = _fresh_rows(statements)
+    for start in range(0, len(rows), _ROWS_MAX):
+        chunk = rows[start : start + _ROWS_MAX]
+        size = -(-len(chunk) // _ROWS_STEP) * _ROWS_STEP
+        params = list(itertools.chain.from_iterable(chunk))
+        params.extend(_NULL_ROW * (size - len(chunk)))
+        con.execute(_outbox_insert_many(size), params)
 
 
 _OUTBOX_COLUMNS = (
@@ -481,7 +499,11 @@ class Store:
         con = self._wconn
         if con is None:
             raise StoreError("the store is not open")
-        if not ARMED and all(st[0] is _OUTBOX_INSERT for st in statements):
+        if (
+            not ARMED
+            and len(statements) <= _ROWS_MAX
+            and all(st[0] is _OUTBOX_INSERT for st in statements)
+        ):
             # Outbox messages only (the offline steady state): one statement, its own
             # transaction, committed (and synced) within the one step.
             _insert_outbox(con, statements)

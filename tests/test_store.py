@@ -23,6 +23,7 @@ from peers import CALL, CALLERROR, CALLRESULT, RawCharger, controller_url
 
 from policies.authorization import AuthEntry, AuthStatus
 from proxy.store import (
+    _ROWS_MAX,
     MIGRATIONS,
     OUTBOX_BUCKETS,
     NewTransaction,
@@ -285,6 +286,32 @@ async def test_one_group_commit_keeps_order_values_and_dedupe(store: Store) -> N
     await asyncio.gather(mixed, store.append(item("CP1", 200), store.stop_transaction("CP1", 5)))
     rows = await store.outbox(limit=100)
     assert [r.message_id for r in rows[50:]] == ["m100", "m101", "m102", "m200"]
+
+
+@pytest.mark.parametrize("chargers", [1, 7, 1000])
+async def test_large_group_commit_in_several_statements(store: Store, chargers: int) -> None:
+    """A group commit larger than one statement takes (rows of _ROWS_MAX, padded to a
+    multiple of _ROWS_STEP) is one commit all the same: every message once, in the
+    order handed over, retries within it (also across a statement boundary) and of
+    what was stored before left out."""
+    before = item("CP0", -1, key="k-1")
+    await store.append(before)
+    items = [item(f"CP{n % chargers}", n, key=f"k{n}") for n in range(_ROWS_MAX + 77)]
+    # CP0's retry of what it stored before, as its first message of the commit
+    items.insert(0, item("CP0", 10_000, key="k-1"))
+    # a retry right after its original, as the first row of the second statement
+    last = items[_ROWS_MAX - 1]
+    items.insert(
+        _ROWS_MAX,
+        OutboxItem(last.identity, "MeterValues", "again", last.frame, None, last.dedupe_key),
+    )
+    commits: list[float] = []
+    store.on_commit = commits.append
+    assert await appended_soon(store, items) == [None] * len(items)
+    assert len(commits) == 1
+    rows = await store.outbox(limit=10 * _ROWS_MAX)
+    assert [r.message_id for r in rows] == ["m-1"] + [f"m{n}" for n in range(_ROWS_MAX + 77)]
+    assert len({r.seq for r in rows}) == len(rows)
 
 
 async def test_dead_letters_retry_and_drop_counts(store: Store) -> None:
