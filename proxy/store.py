@@ -26,6 +26,7 @@ import itertools
 import sqlite3
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -355,7 +356,10 @@ class Store:
         self._tx_id_start = tx_id_start
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Change] = asyncio.Queue()
+        #: Changes waiting for the next group commit; the writer task waits on
+        #: ``_wakeup`` while there are none.
+        self._pending: deque[_Change] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None
@@ -413,6 +417,9 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+            left = list(self._pending)
+            self._pending.clear()
+            self._settle(left, StoreError("the store is closing"))
         if self._executor is not None:
             # The writer thread finishes a commit under way, then closes its connection.
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close_writer)
@@ -476,7 +483,12 @@ class Store:
         """Hand a change to the next group commit (StoreError when the store is not open)."""
         if self._writer is None or self._writer.done():
             raise StoreError("the store is not open")
-        self._queue.put_nowait(change)
+        self._pending.append(change)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
 
     def _open_writer(self) -> None:
         """In the writer thread: the connection that every change is committed on."""
@@ -533,10 +545,13 @@ class Store:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        pending = self._pending
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not pending:
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            batch = list(pending)
+            pending.clear()
             started = time.perf_counter()
             statements = [st for change in batch for st in change.statements]
             try:

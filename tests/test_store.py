@@ -187,6 +187,26 @@ async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
         await s.append(item("CP1", 2))
 
 
+async def test_close_tells_every_waiter(tmp_path: Path) -> None:
+    """Closing while messages wait for a group commit: each waiter is told, stored
+    (None) or refused (StoreError), and what was told stored is in the file."""
+    s = Store(tmp_path / "closing.sqlite3")
+    await s.open()
+    told: dict[int, StoreError | None] = {}
+    for n in range(300):
+        s.append_soon(item("CP1", n, key=f"k{n}"), lambda e, n=n: told.__setitem__(n, e))
+        if n % 100 == 99:
+            await asyncio.sleep(0)  # a commit under way while more arrive
+    await s.close()
+    assert sorted(told) == list(range(300))
+    assert all(e is None or isinstance(e, StoreError) for e in told.values())
+    stored = [n for n, e in told.items() if e is None]
+    with sqlite3.connect(tmp_path / "closing.sqlite3") as con:
+        kept = [int(m[1:]) for (m,) in con.execute("SELECT message_id FROM outbox ORDER BY seq")]
+    assert set(stored) <= set(kept)
+    assert kept == sorted(kept)
+
+
 # --------------------------------------------------------------------------- outbox
 
 
