@@ -546,6 +546,9 @@ class Store:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         pending = self._pending
+        #: A batch committed while more changes waited: its waiters are told once the
+        #: next commit is under way, so that answering them and committing overlap.
+        told_later: list[_Change] | None = None
         while True:
             if not pending:
                 self._wakeup = loop.create_future()
@@ -554,9 +557,13 @@ class Store:
             pending.clear()
             started = time.perf_counter()
             statements = [st for change in batch for st in change.statements]
+            # One hop to the writer thread per batch, whatever its size.
+            commit = loop.run_in_executor(self._executor, self._commit_batch, statements)
+            if told_later is not None:
+                self._settle(told_later, None)
+                told_later = None
             try:
-                # One hop to the writer thread per batch, whatever its size.
-                await loop.run_in_executor(self._executor, self._commit_batch, statements)
+                await commit
             except asyncio.CancelledError:
                 self._settle(batch, StoreError("the store is closing"))
                 raise
@@ -565,7 +572,10 @@ class Store:
                 continue
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started)
-            self._settle(batch, None)
+            if pending:
+                told_later = batch
+            else:
+                self._settle(batch, None)
 
     def _settle(self, batch: list[_Change], error: StoreError | None) -> None:
         """Tell every change of a batch how its commit went."""
