@@ -70,7 +70,7 @@ def _parser_between_frames(protocol: Protocol) -> bool:
     return False
 
 
-def _length(data: bytes, pos: int, second: int) -> tuple[int, int]:
+def _length(data: bytes | bytearray, pos: int, second: int) -> tuple[int, int]:
     """Where the frame at ``pos`` has its mask or payload, and its payload length
     (the first past the data where its header is not complete)."""
     length = second & 0x7F
@@ -108,14 +108,15 @@ class _FrameCutter:
     #: Cutting frames here: set once the handshake is over and the protocol's parser
     #: is between frames; unset for good when anything is left to the protocol.
     _cutting: bool | None = None
-    #: The start of a frame not yet complete.
-    _partial: bytes = b""
+    #: The start of a frame not yet complete (grown in place as bytes arrive, so that a
+    #: large frame arriving in small pieces costs no more than arriving at once).
+    _partial: bytearray | None = None
 
     # Provided by the websockets connection this is mixed into.
     protocol: Any
     recv_messages: Any
 
-    def _usual(self, data: bytes) -> None:
+    def _usual(self, data: bytes | bytearray) -> None:
         raise NotImplementedError
 
     def _may_cut(self) -> bool:
@@ -133,17 +134,19 @@ class _FrameCutter:
         self._cutting = True
         return True
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | bytearray) -> None:
         if self._cutting is False or (self._cutting is None and not self._may_cut()):
             self._usual(data)
             return
         protocol = self.protocol
+        partial = self._partial
+        if partial is not None:
+            partial += data
+            data = partial
+            self._partial = None
         if protocol.state is not OPEN:
-            self._stop_cutting(self._partial + data)
+            self._stop_cutting(data)
             return
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
         limit = protocol.max_message_size
         handler, queued = self.on_text, self.recv_messages
         masked = 0x80 if protocol.side is Side.SERVER else 0  # a server reads masked frames
@@ -181,11 +184,14 @@ class _FrameCutter:
                 return
             pos = end
         if pos < end_of_data:
-            self._partial = data[pos:]
+            if pos == 0 and type(data) is bytearray:
+                self._partial = data  # still the same frame: kept, not copied
+            else:
+                self._partial = bytearray(data[pos:])
 
-    def _stop_cutting(self, rest: bytes) -> None:
+    def _stop_cutting(self, rest: bytes | bytearray) -> None:
         self._cutting = False
-        self._partial = b""
+        self._partial = None
         if rest:
             self._usual(rest)
 
@@ -196,8 +202,8 @@ class DirectServerConnection(_FrameCutter, ServerConnection):
     def data_received(self, data: bytes) -> None:
         self._receive(data)
 
-    def _usual(self, data: bytes) -> None:
-        ServerConnection.data_received(self, data)
+    def _usual(self, data: bytes | bytearray) -> None:
+        ServerConnection.data_received(self, bytes(data))
 
     def process_event(self, event: Event) -> None:
         if self.request is not None and _offer(self.on_text, len(self.recv_messages.frames), event):
@@ -211,8 +217,8 @@ class DirectClientConnection(_FrameCutter, ClientConnection):
     def data_received(self, data: bytes) -> None:
         self._receive(data)
 
-    def _usual(self, data: bytes) -> None:
-        ClientConnection.data_received(self, data)
+    def _usual(self, data: bytes | bytearray) -> None:
+        ClientConnection.data_received(self, bytes(data))
 
     def process_event(self, event: Event) -> None:
         if self.response is not None and _offer(

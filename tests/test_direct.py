@@ -206,6 +206,19 @@ async def test_sizes_at_each_length_encoding(site: tuple[Site, int]) -> None:
     peer.close()
 
 
+async def test_large_frames_in_small_pieces(site: tuple[Site, int]) -> None:
+    """Frames at the size limit arriving a few bytes at a time, the next frame's first
+    bytes with the last piece of the one before."""
+    seen, port = site
+    peer = await RawPeer.open(port)
+    messages = ["a" * MAX_SIZE, "b" * (MAX_SIZE - 1), "c"]
+    await peer.send(b"".join(text(m) for m in messages), cut=61)
+    await until(lambda: len(seen.direct) == 3)
+    assert seen.direct == messages
+    assert cutting(seen) is True
+    peer.close()
+
+
 async def test_ping_between_texts_is_answered_and_order_kept(site: tuple[Site, int]) -> None:
     seen, port = site
     peer = await RawPeer.open(port)
