@@ -46,16 +46,22 @@ _AT_FRAME_START = StreamReader.at_eof.__code__
 _TEXT_FIN = 0x81
 
 
+def _offer_text(handler: TextHandler, payload: bytes | bytearray) -> bool:
+    """Offer a text message's payload to ``handler``; one that is not valid UTF-8 is
+    left to the usual path (whose checks fail the connection)."""
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError:
+        return False
+    return handler(text)
+
+
 def _offer(handler: TextHandler | None, frames_queued: int, event: Event) -> bool:
     if handler is None or frames_queued or type(event) is not Frame:
         return False
     if event.opcode is not Opcode.TEXT or not event.fin:
         return False
-    try:
-        text = bytes(event.data).decode()
-    except UnicodeDecodeError:  # checked by the protocol already; the usual path decides
-        return False
-    return handler(text)
+    return _offer_text(handler, bytes(event.data))
 
 
 def _parser_between_frames(protocol: Protocol) -> bool:
@@ -167,16 +173,16 @@ class _FrameCutter:
             if end > end_of_data:
                 break
             taken = False
-            if first == _TEXT_FIN and second & 0x80 == masked and not len(queued.frames):
-                # (messages before it in the assembler go first: the usual path)
+            if (
+                first == _TEXT_FIN
+                and second & 0x80 == masked
+                and handler is not None
+                and not len(queued.frames)  # messages before it in the assembler go first
+            ):
                 payload = data[body:end]
                 if masked:
                     payload = apply_mask(payload, data[head:body])
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:  # the protocol's path fails the connection
-                    text = None
-                taken = text is not None and handler is not None and handler(text)
+                taken = _offer_text(handler, payload)
             if not taken:
                 self._usual(data[pos:end])  # the frame alone, whole: the usual path
             if protocol.state is not OPEN:

@@ -120,7 +120,9 @@ class RawPeer:
         RawPeer.opened.append(self)
 
     @classmethod
-    async def open(cls, port: int) -> RawPeer:
+    async def open(cls, port: int, *, early: bytes = b"") -> RawPeer:
+        """Connect and do the opening handshake; ``early``: bytes sent right behind the
+        request, before the answer."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
@@ -129,6 +131,7 @@ class RawPeer:
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
+            + early
         )
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")
@@ -311,18 +314,9 @@ async def test_frames_sent_with_the_handshake_are_not_lost(site: tuple[Site, int
     """Bytes of frames that arrive before the connection is open are the protocol's;
     the cutter starts only once the protocol's parser is between frames."""
     seen, port = site
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
     first = text("early")
-    writer.write(
-        (
-            "GET /ocpp/CP1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        + first[:3]  # a frame cut inside its header, the rest after the answer
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    peer = RawPeer(reader, writer)
+    # a frame cut inside its header, the rest after the answer
+    peer = await RawPeer.open(port, early=first[:3])
     await peer.send(first[3:] + text("then"), cut=1)
     await until(lambda: len(seen.direct) == 2)
     assert [m.removeprefix("usual:") for m in seen.direct] == ["early", "then"]
