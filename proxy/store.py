@@ -270,14 +270,24 @@ _OUTBOX_INSERT = (
 # the event loop busy, every retake waits for it: a convoy that made commits of a few
 # hundred rows last tens of milliseconds). The rows are bound as a VALUES list (each
 # row's place in the run as its last column, the order they are inserted in), padded
-# with rows of NULLs up to a multiple of _ROWS_STEP so that a few statement texts serve
-# every size (SQLite parses each once; the sqlite3 module keeps them prepared). Retries
+# with rows of NULLs up to a few sizes (see _padded_rows) so that a few statement texts
+# serve every size (SQLite parses each once; the sqlite3 module keeps them prepared). Retries
 # within the run are left out beforehand (see _fresh_rows); outbox_last is checked for
 # a charger's first keyed message of the run only (column10 = 1).
 _ROWS_STEP = 64
+#: Runs shorter than _ROWS_STEP are padded to a multiple of this: a commit of 20 rows
+#: bound as 64 cost 0.53 ms of the writer thread, as 24 0.40 ms.
+_ROWS_STEP_SMALL = 8
 #: Rows per statement at most (11 parameters a row, under SQLite's 32,766).
 _ROWS_MAX = 2048
 _NULL_ROW = (None,) * 11
+
+
+def _padded_rows(rows: int) -> int:
+    """The size of statement a run of ``rows`` outbox rows is bound to (40 sizes in
+    all, within the sqlite3 module's cache of 128 prepared statements)."""
+    step = _ROWS_STEP_SMALL if rows < _ROWS_STEP else _ROWS_STEP
+    return -(-rows // step) * step
 
 
 @functools.cache
@@ -324,7 +334,7 @@ def _insert_outbox(con: sqlite3.Connection, statements: Sequence[Statement]) -> 
     rows = _fresh_rows(statements)
     for start in range(0, len(rows), _ROWS_MAX):
         chunk = rows[start : start + _ROWS_MAX]
-        size = -(-len(chunk) // _ROWS_STEP) * _ROWS_STEP
+        size = _padded_rows(len(chunk))
         params = list(itertools.chain.from_iterable(chunk))
         params.extend(_NULL_ROW * (size - len(chunk)))
         con.execute(_outbox_insert_many(size), params)

@@ -30,6 +30,7 @@ from proxy.store import (
     OutboxItem,
     Store,
     StoreError,
+    _padded_rows,
     outbox_bucket,
 )
 
@@ -332,6 +333,25 @@ async def test_large_group_commit_in_several_statements(store: Store, chargers: 
     rows = await store.outbox(limit=10 * _ROWS_MAX)
     assert [r.message_id for r in rows] == ["m-1"] + [f"m{n}" for n in range(_ROWS_MAX + 77)]
     assert len({r.seq for r in rows}) == len(rows)
+
+
+def test_statement_sizes_are_few_and_tight() -> None:
+    """Every run of outbox rows is bound to a statement at least its size and at most a
+    step larger, with few enough sizes that every one stays prepared."""
+    sizes = {_padded_rows(n) for n in range(1, _ROWS_MAX + 1)}
+    assert len(sizes) <= 64
+    for n in range(1, _ROWS_MAX + 1):
+        assert n <= _padded_rows(n) < n + (8 if n < 64 else 64)
+    assert _padded_rows(_ROWS_MAX) == _ROWS_MAX
+
+
+@pytest.mark.parametrize("rows", [2, 7, 8, 9, 63, 64, 65, 130])
+async def test_group_commit_of_any_size(store: Store, rows: int) -> None:
+    """A group commit stores exactly its rows, in order, whatever NULL rows pad it."""
+    items = [item(f"CP{n % 5}", n, key=f"k{n}") for n in range(rows)]
+    assert await appended_soon(store, items) == [None] * rows
+    stored = await store.outbox(limit=1000)
+    assert [r.message_id for r in stored] == [f"m{n}" for n in range(rows)]
 
 
 async def test_dead_letters_retry_and_drop_counts(store: Store) -> None:
