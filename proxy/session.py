@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from time import perf_counter
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
@@ -754,6 +755,7 @@ class Session:
         message)."""
         if self.responder is None:
             return
+        started = perf_counter()
         self._store_started(call)
         try:
             text = await self.responder.answer(self, call)
@@ -764,6 +766,7 @@ class Session:
                 crashpoint("after_commit_before_ack")
             with contextlib.suppress(ConnectionClosed):
                 await send_text(self.charger, text)
+                self.metrics.offline_answer.observe(perf_counter() - started)
             if ARMED:
                 crashpoint("after_ack")
 
@@ -776,7 +779,8 @@ class Session:
         if responder is None or self._closing:
             return False
         answered: asyncio.Future[None] = self._loop.create_future()
-        if not responder.answer_soon(self, call, partial(self._stored_soon, answered)):
+        then = partial(self._stored_soon, answered, perf_counter())
+        if not responder.answer_soon(self, call, then):
             return False
         self._store_started(call)
         self._down_pending = answered
@@ -793,8 +797,9 @@ class Session:
         if self._stored is not None:
             self._stored.set()
 
-    def _stored_soon(self, answered: asyncio.Future[None], text: str) -> None:
-        """The message of :meth:`_answer_soon` is durable (or failed): answer it."""
+    def _stored_soon(self, answered: asyncio.Future[None], started: float, text: str) -> None:
+        """The message of :meth:`_answer_soon` is durable (or failed): answer it
+        (``started``: when the call was taken, ``perf_counter``)."""
         self._store_done()
         later = False
         try:
@@ -805,19 +810,21 @@ class Session:
                 return  # gone: the charger retries what it got no answer for
             if not writable_now(charger):  # flow control: the usual send, in order
                 later = True
-                self._spawn(self._send_answer(text, answered), "answer")
+                self._spawn(self._send_answer(text, answered, started), "answer")
                 return
             write_now(charger, text)
+            self.metrics.offline_answer.observe(perf_counter() - started)
             if ARMED:
                 crashpoint("after_ack")
         finally:
             if not later and not answered.done():
                 answered.set_result(None)
 
-    async def _send_answer(self, text: str, answered: asyncio.Future[None]) -> None:
+    async def _send_answer(self, text: str, answered: asyncio.Future[None], started: float) -> None:
         try:
             with contextlib.suppress(ConnectionClosed):
                 await send_text(self.charger, text)
+                self.metrics.offline_answer.observe(perf_counter() - started)
             if ARMED:
                 crashpoint("after_ack")
         finally:

@@ -329,6 +329,37 @@ async def test_heartbeat_offline_gets_current_time(controller_factory: Controlle
     assert abs((moment - datetime.now(UTC)).total_seconds()) < 60
 
 
+async def test_offline_answers_are_timed_on_metrics(controller_factory: ControllerFactory) -> None:
+    """Every call answered offline, through the quick path (MeterValues) or not (Boot,
+    Heartbeat), is one observation of ocpp_lc_offline_answer_seconds."""
+    ctl = await offline_controller(controller_factory)
+    async with RawCharger(controller_url(ctl.listen_port), "CP1") as raw:
+        boot = {"chargePointVendor": "V", "chargePointModel": "M"}
+        answers = [await raw.call("BootNotification", boot), await raw.call("Heartbeat", {})]
+        answers += [await raw.call("MeterValues", meter_payload(7, wh)) for wh in range(5)]
+    assert [a[0] for a in answers] == [CALLRESULT] * 7
+    reader, writer = await asyncio.open_connection("127.0.0.1", ctl.admin_port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    family = dict(
+        re.findall(
+            r'^ocpp_lc_offline_answer_seconds_(count|sum|bucket\{le="\+Inf"\}) (\S+)$', text, re.M
+        )
+    )
+    assert float(family["count"]) == 7
+    assert float(family['bucket{le="+Inf"}']) == 7
+    assert 0 < float(family["sum"]) < 7 * 5.0
+    buckets = [
+        float(v)
+        for v in re.findall(
+            r'^ocpp_lc_offline_answer_seconds_bucket\{le="[^+]\S*"\} (\S+)$', text, re.M
+        )
+    ]
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == 7
+
+
 # --------------------------------------------------------------------------- scenario 7
 
 
