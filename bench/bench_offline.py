@@ -17,7 +17,10 @@ phases per N:
     rate is reachable with one call outstanding per charger (N >= 100).
 
 Printed per N and phase: stored-and-answered messages per second, answer latency p50
-and p99, the controller's CPU per message, the store's group-commit latency p99 (from
+and p99 as the chargers saw it, the same inside the controller (from the call read to
+its answer written: the ``ocpp_lc_offline_answer_seconds`` histogram, as bucket upper
+bounds; the rest is the socket buffers and the load generator's own delays), the
+controller's CPU per message, the store's group-commit latency p99 (from
 the controller's /metrics histogram) and messages per commit; at the end, a check that
 the outbox holds exactly the messages answered.
 
@@ -58,36 +61,47 @@ TARGET_RATE = 10_000.0
 TARGET_P99_MS = 50.0
 
 
-def commit_histogram(metrics: str) -> tuple[list[tuple[float, float]], float]:
+COMMIT = "ocpp_lc_store_commit_seconds"
+ANSWER = "ocpp_lc_offline_answer_seconds"
+
+
+def histogram(metrics: str, name: str) -> tuple[list[tuple[float, float]], float]:
+    """The cumulative buckets (upper bound, count) and the count of a histogram."""
     buckets: list[tuple[float, float]] = []
     total = 0.0
     for line in metrics.splitlines():
-        m = re.match(r'ocpp_lc_store_commit_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        m = re.match(name + r'_bucket\{le="([^"]+)"\} (\S+)', line)
         if m:
             le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
             buckets.append((le, float(m.group(2))))
-        m = re.match(r"ocpp_lc_store_commit_seconds_count (\S+)", line)
+        m = re.match(name + r"_count (\S+)", line)
         if m:
             total = float(m.group(1))
     return buckets, total
 
 
-def commit_p99_ms(before: str, after: str) -> float | None:
-    """p99 bound of the commits made between two scrapes (bucket upper bound)."""
-    b0, t0 = commit_histogram(before)
-    b1, t1 = commit_histogram(after)
+def quantile_ms(before: str, after: str, name: str, q: float) -> float | None:
+    """The ``q`` quantile of what a histogram observed between two scrapes, as the upper
+    bound of the bucket it falls in."""
+    b0, t0 = histogram(before, name)
+    b1, t1 = histogram(after, name)
     total = t1 - t0
     if total <= 0:
         return None
     earlier = dict(b0)
     for le, count in b1:
-        if count - earlier.get(le, 0.0) >= 0.99 * total:
+        if count - earlier.get(le, 0.0) >= q * total:
             return le * 1000.0
     return None
 
 
+def commit_p99_ms(before: str, after: str) -> float | None:
+    """p99 bound of the commits made between two scrapes (bucket upper bound)."""
+    return quantile_ms(before, after, COMMIT, 0.99)
+
+
 def commit_count(metrics: str) -> float:
-    return commit_histogram(metrics)[1]
+    return histogram(metrics, COMMIT)[1]
 
 
 def scrape(admin: int) -> str:
@@ -96,7 +110,9 @@ def scrape(admin: int) -> str:
     return text
 
 
-def start_controller(python: str, tmp: str) -> tuple[subprocess.Popen[bytes], int, int, str]:
+def start_controller(
+    python: str, tmp: str, *, ready_timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], int, int, str]:
     port, admin = free_port(), free_port()
     db = os.path.join(tmp, "lc.sqlite3")
     env = dict(
@@ -118,7 +134,7 @@ def start_controller(python: str, tmp: str) -> tuple[subprocess.Popen[bytes], in
     cmd = os.environ.get("BENCH_CONTROLLER_CMD", "{python} -m proxy serve").format(python=python)
     proc = subprocess.Popen(cmd.split(), env=env, stdout=log, stderr=log, start_new_session=True)
     log.close()
-    poll_http(f"http://127.0.0.1:{admin}/readyz", 30.0, lambda: proc.poll() is None)
+    poll_http(f"http://127.0.0.1:{admin}/readyz", ready_timeout, lambda: proc.poll() is None)
     return proc, port, admin, db
 
 
@@ -174,6 +190,8 @@ def run_n(n: int, a: argparse.Namespace, client: ClientCtl) -> list[dict[str, An
                     "controller_cpu_pct": res["cpu_pct"]["controller"],
                     "other_pct": res["other_pct"],
                     "commit_p99_ms": commit_p99_ms(before, after),
+                    "ctrl_p50_ms": quantile_ms(before, after, ANSWER, 0.50),
+                    "ctrl_p99_ms": quantile_ms(before, after, ANSWER, 0.99),
                     "msgs_per_commit": (res["sent"] / commits) if commits else None,
                     "problems": problems,
                 }
@@ -217,6 +235,8 @@ def main() -> None:
             "stored+answered/s",
             "p50 ms",
             "p99 ms",
+            "ctrl p50 <=",
+            "ctrl p99 <=",
             "ctrl CPU us/msg",
             "ctrl CPU %",
             "other %",
@@ -232,6 +252,8 @@ def main() -> None:
                 r["rate"],
                 r["p50_ms"],
                 r["p99_ms"],
+                r["ctrl_p50_ms"] if r["ctrl_p50_ms"] is not None else "n/a",
+                r["ctrl_p99_ms"] if r["ctrl_p99_ms"] is not None else "n/a",
                 r["cpu_us_per_msg"],
                 r["controller_cpu_pct"],
                 r["other_pct"],
