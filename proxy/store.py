@@ -199,7 +199,7 @@ class StoreError(Exception):
     """The store could not commit (disk full, locked, I/O error)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every stored message, frozen costs twice
 class OutboxItem:
     """A charger message to be kept until the CSMS has it."""
 
