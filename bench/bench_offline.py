@@ -95,11 +95,6 @@ def quantile_ms(before: str, after: str, name: str, q: float) -> float | None:
     return None
 
 
-def commit_p99_ms(before: str, after: str) -> float | None:
-    """p99 bound of the commits made between two scrapes (bucket upper bound)."""
-    return quantile_ms(before, after, COMMIT, 0.99)
-
-
 def commit_count(metrics: str) -> float:
     return histogram(metrics, COMMIT)[1]
 
@@ -189,7 +184,7 @@ def run_n(n: int, a: argparse.Namespace, client: ClientCtl) -> list[dict[str, An
                     "cpu_us_per_msg": res["cpu_us_per_call"]["controller"],
                     "controller_cpu_pct": res["cpu_pct"]["controller"],
                     "other_pct": res["other_pct"],
-                    "commit_p99_ms": commit_p99_ms(before, after),
+                    "commit_p99_ms": quantile_ms(before, after, COMMIT, 0.99),
                     "ctrl_p50_ms": quantile_ms(before, after, ANSWER, 0.50),
                     "ctrl_p99_ms": quantile_ms(before, after, ANSWER, 0.99),
                     "msgs_per_commit": (res["sent"] / commits) if commits else None,
