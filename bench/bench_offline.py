@@ -21,8 +21,11 @@ and p99 as the chargers saw it, the same inside the controller (from the call re
 its answer written: the ``ocpp_lc_offline_answer_seconds`` histogram, as bucket upper
 bounds; the rest is the socket buffers and the load generator's own delays), the
 controller's CPU per message, the store's group-commit latency p99 (from
-the controller's /metrics histogram) and messages per commit; at the end, a check that
-the outbox holds exactly the messages answered.
+the controller's /metrics histogram), messages per commit, and ``ref us``: the machine's
+speed just before the phase (``common.cpu_reference``: CPU time of a fixed unit of work
+shaped like a message's; on a shared machine it moves with the other tenants' load, and
+the figures of runs taken at different references are not comparable); at the end, a
+check that the outbox holds exactly the messages answered.
 
 Target (issue 3): at least 10,000 stored-and-answered messages per second with p99 answer
 latency under 50 ms at 1,000 chargers: the paced phase at N=1000 sustaining 10,000/s
@@ -48,6 +51,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (
     ClientCtl,
+    cpu_reference,
     free_port,
     machine_note,
     poll_http,
@@ -158,6 +162,7 @@ def run_n(n: int, a: argparse.Namespace, client: ClientCtl) -> list[dict[str, An
         if n >= 100:
             phases.append(("paced", "light", a.rate))
         for name, mode, rate in phases:
+            ref = cpu_reference()
             before = scrape(admin)
             res = run_phase(
                 client,
@@ -189,6 +194,7 @@ def run_n(n: int, a: argparse.Namespace, client: ClientCtl) -> list[dict[str, An
                     "ctrl_p99_ms": quantile_ms(before, after, ANSWER, 0.99),
                     "msgs_per_commit": (res["sent"] / commits) if commits else None,
                     "problems": problems,
+                    "ref_us": ref,
                 }
             )
         client.cmd(cmd="close", tag=tag, timeout=30.0)
@@ -238,6 +244,7 @@ def main() -> None:
             "commit p99 ms <=",
             "msgs/commit",
             "problems",
+            "ref us",
         ],
         [
             [
@@ -255,6 +262,7 @@ def main() -> None:
                 r["commit_p99_ms"] if r["commit_p99_ms"] is not None else "n/a",
                 r["msgs_per_commit"] if r["msgs_per_commit"] is not None else "n/a",
                 r["problems"],
+                r["ref_us"],
             ]
             for r in rows
         ],

@@ -949,6 +949,33 @@ def calibrate_loopback(secs: float = 1.0) -> tuple[float, float, float]:
     return len(lat) / secs, pct(lat, 0.5) / 1e3, pct(lat, 0.99) / 1e3
 
 
+def cpu_reference(units: int = 4000) -> float:
+    """The machine's speed at this moment: CPU time (µs, this process, no waiting
+    counted) of one unit of fixed work shaped like the controller's per-message work
+    (parse a MeterValues frame, walk it, dump it sorted, digest it).
+
+    On a shared machine the same instructions take more CPU time when other tenants
+    load the host; a bench figure is only comparable with another taken at a close
+    reference. Lower is faster; the best of three short rounds.
+    """
+    import hashlib
+
+    import orjson
+
+    frame = ('[2,"1234567","MeterValues",' + MV_PAYLOAD + "]").encode()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        for _ in range(units):
+            msg = orjson.loads(frame)
+            payload = msg[3]
+            sampled = sum(len(v.get("sampledValue", ())) for v in payload.get("meterValue", ()))
+            text = orjson.dumps([payload, sampled], option=orjson.OPT_SORT_KEYS)
+            hashlib.blake2b(text, digest_size=12).hexdigest()
+        best = min(best, (time.process_time() - t0) / units * 1e6)
+    return best
+
+
 def machine_note() -> str:
     from importlib import metadata
 
