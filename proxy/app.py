@@ -31,6 +31,13 @@ from proxy.session import Session
 from proxy.site import Site
 from proxy.store import Store, StoreError
 
+#: Seconds between two measures of the event loop's lag (see Controller._watch_loop).
+LOOP_WATCH_PERIOD = 0.25
+#: Seconds of the window over which the event loop's busy ratio is taken.
+LOOP_WATCH_WINDOW = 5.0
+#: A lag logged as ``event_loop_stalled`` (seconds).
+LOOP_STALL = 1.0
+
 
 class Controller:
     """The whole service, in-process: ``async with Controller(settings) as ctl``."""
@@ -68,6 +75,7 @@ class Controller:
         self._watchdog: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._gc: asyncio.Task[None] | None = None
+        self._loop_watch: asyncio.Task[None] | None = None
 
     @property
     def listen_port(self) -> int:
@@ -118,6 +126,7 @@ class Controller:
         self._watchdog = asyncio.create_task(self._watch_outboxes(), name="outbox-watchdog")
         self._timer = asyncio.create_task(self._watch_calls(), name="call-timer")
         self._gc = asyncio.create_task(self._manage_gc(), name="gc")
+        self._loop_watch = asyncio.create_task(self._watch_loop(), name="loop-watch")
         self._ready = True
         self.log.info(
             "controller_started",
@@ -152,6 +161,36 @@ class Controller:
             await asyncio.sleep(period)
             for session in list(sessions.values()):
                 session.check_timeouts()
+
+    async def _watch_loop(self) -> None:
+        """How close the event loop is to its limit, for ``/metrics``.
+
+        Every frame of every charger is handled on this one thread: when it is busy,
+        everything waits. Every ``LOOP_WATCH_PERIOD`` a timer measures how late the loop
+        ran it (``ocpp_lc_event_loop_lag_seconds``; a stall of ``LOOP_STALL`` or more is
+        logged as ``event_loop_stalled``), and every ``LOOP_WATCH_WINDOW`` the thread's
+        CPU time over the wall time gives ``ocpp_lc_event_loop_busy_ratio`` (near 1:
+        saturated, answers queue up).
+        """
+        metrics = self.metrics
+        period, window, stall = LOOP_WATCH_PERIOD, LOOP_WATCH_WINDOW, LOOP_STALL
+        started, cpu_started = time.monotonic(), time.thread_time()
+        while True:
+            due = time.monotonic() + period
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            lag = max(0.0, now - due)
+            metrics.loop_lag.observe(lag)
+            if lag >= stall:
+                self.log.warning(
+                    "event_loop_stalled",
+                    ms=round(lag * 1000),
+                    chargers=len(self.chargers.sessions),
+                )
+            if now - started >= window:
+                cpu = time.thread_time()
+                metrics.loop_busy = min(1.0, (cpu - cpu_started) / (now - started))
+                started, cpu_started = now, cpu
 
     async def _manage_gc(self) -> None:
         """Keep full garbage collections short with thousands of chargers connected.
@@ -225,7 +264,7 @@ class Controller:
     async def stop(self) -> None:
         self._ready = False
         self.log.info("controller_stopping")
-        for task in (self._watchdog, self._timer, self._gc):
+        for task in (self._watchdog, self._timer, self._gc, self._loop_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -44,6 +44,10 @@ ANSWER_BUCKETS = (
 )
 
 
+#: Upper bounds (seconds) of ``ocpp_lc_event_loop_lag_seconds``.
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class LatencyHistogram:
     """A histogram cheap enough for every message (one bisect, two additions; the
     Prometheus client's takes a lock and costs several times more), exported on scrape."""
@@ -93,6 +97,10 @@ class Metrics:
         self.notes: Counter[str] = Counter()
         #: From a charger call taken to its local answer handed to the socket (offline).
         self.offline_answer = LatencyHistogram(ANSWER_BUCKETS)
+        #: How late the event loop ran a timer due (see Controller._watch_loop).
+        self.loop_lag = LatencyHistogram(LAG_BUCKETS)
+        #: The event loop thread's CPU time over wall time, last window (0..1).
+        self.loop_busy = 0.0
         self.store_commit = Histogram(
             "ocpp_lc_store_commit_seconds",
             "Time of one group commit of the store (fsync included)",
@@ -139,6 +147,16 @@ class _Collector(Collector):
             "ocpp_lc_offline_answer_seconds",
             "Time from a charger call taken to its local answer written (uplink down)",
         )
+        yield m.loop_lag.family(
+            "ocpp_lc_event_loop_lag_seconds",
+            "How late the event loop ran a timer that was due: what any frame waits for it",
+        )
+        busy = GaugeMetricFamily(
+            "ocpp_lc_event_loop_busy_ratio",
+            "CPU time of the event loop thread over wall time, last window (1: saturated)",
+        )
+        busy.add_metric([], m.loop_busy)
+        yield busy
         yield _counter(
             "ocpp_lc_authorization_decisions",
             "Offline authorization decisions by source and status",
