@@ -130,6 +130,19 @@ def _fast_validator(version: str, action: str) -> Callable[[Any], bool] | None:
     return is_valid
 
 
+#: The fields the controller reads from an OCPP 1.6 transaction message it answers
+#: offline. A violation anywhere else (a reason or a unit outside its enumeration, a
+#: number written as a string, an empty sampledValue) does not stop it from answering:
+#: the message is stored as received and replayed verbatim, for the CSMS to judge; a
+#: transaction message is never lost over form (B10). A required field missing from the
+#: message itself is still refused.
+_READ_16: dict[str, frozenset[str]] = {
+    "StartTransaction": frozenset({"connectorId", "idTag", "meterStart", "timestamp"}),
+    "StopTransaction": frozenset({"transactionId", "idTag", "meterStop", "timestamp"}),
+    "MeterValues": frozenset({"connectorId", "transactionId"}),
+}
+
+
 def schema_problem(
     dialect: Dialect, action: str, payload: dict[str, Any]
 ) -> tuple[ErrorKind, str] | None:
@@ -146,10 +159,13 @@ def schema_problem(
         return None
     # look closer: some violations are kept rather than refused
     validator = get_validator(frames.CALL, action, version)
+    read = _READ_16.get(action) if version == "1.6" else None
     for err in validator.iter_errors(payload):
         validator_name = err.validator
         if validator_name == "additionalProperties":
             continue  # extra fields are kept and replayed as received
+        if read is not None and err.absolute_path and err.absolute_path[0] not in read:
+            continue  # a field the controller does not read: stored as received (B10)
         path = ".".join(str(p) for p in err.absolute_path)
         if validator_name == "maxLength" and path.endswith(("idTag", "idToken")):
             continue  # an over-long id is answered Invalid, never refused (B11)

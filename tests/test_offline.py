@@ -866,8 +866,8 @@ async def test_operator_site_list_import_is_used_at_once_and_export_round_trips(
         ),
         (
             "StopTransaction",
-            {"transactionId": 7, "meterStop": 10, "timestamp": STAMP, "reason": "Exploded"},
-            "PropertyConstraintViolation",
+            {"transactionId": "7", "meterStop": 10, "timestamp": STAMP},
+            "TypeConstraintViolation",
         ),
         (
             "StatusNotification",
@@ -879,7 +879,7 @@ async def test_operator_site_list_import_is_used_at_once_and_export_round_trips(
     ids=[
         "start-missing-connector",
         "start-connector-string",
-        "stop-bad-reason",
+        "stop-transaction-string",
         "status-bad-enum",
         "meter-missing-values",
     ],
@@ -920,6 +920,32 @@ async def test_offline_extra_field_is_accepted_and_stored_raw(
         ("StartTransaction", start_text),
         ("MeterValues", meter_text),
     ]
+
+
+async def test_offline_transaction_message_off_form_where_unread_is_stored_raw(
+    controller_factory: ControllerFactory,
+) -> None:
+    """B10: a transaction message that breaks the schema only where the controller does
+    not read (a reason or a unit outside its enumeration, a number for a string, an
+    empty sampledValue) is answered and stored exactly as received, never refused."""
+    ctl = await offline_controller(controller_factory)
+    async with RawCharger(controller_url(ctl.listen_port), "CP1") as raw:
+        start = result_of(await raw.call("StartTransaction", start_payload("CARD")))
+        tx_id = start["transactionId"]
+        texts = [
+            f'[2,"f1","MeterValues",{{"connectorId":1,"transactionId":{tx_id},"meterValue":'
+            f'[{{"timestamp":"{STAMP}","sampledValue":[]}}]}}]',
+            f'[2,"f2","MeterValues",{{"connectorId":1,"transactionId":{tx_id},"meterValue":'
+            f'[{{"timestamp":"{STAMP}","sampledValue":[{{"value":20,"unit":"kwh"}}]}}]}}]',
+            f'[2,"f3","MeterValues",{{"connectorId":1,"transactionId":{tx_id},"meterValue":'
+            f'[{{"sampledValue":[{{"value":"30"}}]}}]}}]',
+            frame("f4", "StopTransaction", stop_payload(tx_id, 40, reason="Exploded")),
+        ]
+        for text in texts:
+            assert result_of(await send_call(raw, text)) == {}
+    rows = await ctl.store.outbox("CP1")
+    assert [r.frame for r in rows][1:] == texts
+    assert ctl.metrics.notes["charger_bad_frame"] == 0
 
 
 async def test_offline_over_long_id_tag_is_invalid_never_an_error(
