@@ -358,24 +358,25 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
         info = orjson.loads(answered) if answered else {"status": status}
         return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": info})
     decision = await r.site.decide(s.identity, key, for_start=True, valid=is_valid_id_tag(tag))
-    if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
-        decision = AuthDecision(AuthStatus.Invalid, decision.source)
-    info = id_tag_info_16(decision)
-    tx_id, _, _ = await r.store.start_transaction(
-        NewTransaction(
-            s.identity,
-            dkey,
-            key,
-            p["connectorId"],
-            p["meterStart"],
-            p["timestamp"],
-            info["status"],
-            orjson.dumps(info).decode(),
-        ),
-        r.item(s, call, p),
-    )
-    if decision.status is AuthStatus.Accepted:
-        r.site.started(s.identity, tx_id, key)
+    with r.site.starting(key, decision):
+        if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
+            decision = AuthDecision(AuthStatus.Invalid, decision.source)
+        info = id_tag_info_16(decision)
+        tx_id, _, _ = await r.store.start_transaction(
+            NewTransaction(
+                s.identity,
+                dkey,
+                key,
+                p["connectorId"],
+                p["meterStart"],
+                p["timestamp"],
+                info["status"],
+                orjson.dumps(info).decode(),
+            ),
+            r.item(s, call, p),
+        )
+        if decision.status is AuthStatus.Accepted:
+            r.site.started(s.identity, tx_id, key)
     s.log.info(
         "offline_start",
         transaction_id=tx_id,
@@ -516,6 +517,7 @@ async def _transaction_event201(
     answer: dict[str, Any] = {}
     status: str | None = None
     key: str | None = None
+    decision: AuthDecision | None = None
     if isinstance(token, dict):
         previous = await r.store.station_transaction(s.identity, tx_id)
         if previous is not None and previous["status"] is not None and previous["id_key"]:
@@ -523,12 +525,33 @@ async def _transaction_event201(
             answer["idTokenInfo"] = {"status": status}
             key = previous["id_key"]
         else:
-            decision = await _decide_token(r, s, token, for_start=True)
-            if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
-                decision = AuthDecision(AuthStatus.Invalid, decision.source)
-            answer["idTokenInfo"] = id_token_info(decision)
-            status = decision.status.value
             key = token_key(str(token.get("idToken", "")), str(token.get("type", "")))
+            decision = await _decide_token(r, s, token, for_start=True)
+    if decision is None or key is None:
+        return await _record_event201(
+            r, s, call, p, tx_id=tx_id, answer=answer, status=status, key=key
+        )
+    with r.site.starting(key, decision):
+        if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
+            decision = AuthDecision(AuthStatus.Invalid, decision.source)
+        answer["idTokenInfo"] = id_token_info(decision)
+        return await _record_event201(
+            r, s, call, p, tx_id=tx_id, answer=answer, status=decision.status.value, key=key
+        )
+
+
+async def _record_event201(
+    r: OfflineResponder,
+    s: Session,
+    call: Call,
+    p: dict[str, Any],
+    *,
+    tx_id: str,
+    answer: dict[str, Any],
+    status: str | None,
+    key: str | None,
+) -> str:
+    """A TransactionEvent decided: stored, the site told, answered."""
     raw_evse = p.get("evse")
     evse: dict[str, Any] = raw_evse if isinstance(raw_evse, dict) else {}
     ended = p["eventType"] == "Ended"

@@ -10,7 +10,8 @@ charging (site-wide ConcurrentTx).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from config.settings import PolicySettings
 from policies.authorization import (
     AuthDecision,
     AuthEntry,
+    AuthStatus,
     authorize,
     cache_entry_from_answer,
     token_key,
@@ -30,6 +32,10 @@ from proxy.store import Statement, Store
 
 if TYPE_CHECKING:
     from proxy.session import Session
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -97,6 +103,11 @@ class Site:
         #: id key -> the (identity, transactionId) pairs charging with it
         self._active: dict[str, set[tuple[str, int | str]]] = {}
         self._tx_key: dict[tuple[str, int | str], str] = {}
+        #: id key -> starts accepted offline and not recorded yet (see :meth:`starting`)
+        self._starting: dict[str, int] = {}
+        #: The time expiry is judged by: the offline answers' guarded clock, once the
+        #: controller wires it (an edge clock reset to 1970 would accept expired ids).
+        self.clock: Callable[[], datetime] = _utc_now
         #: Called when the CSMS changed a charger's Basic password and the charger
         #: accepted (AuthorizationKey / BasicAuthPassword), with the new password.
         self.on_new_password: Callable[[Session, bytes], Awaitable[None]] | None = None
@@ -138,7 +149,25 @@ class Site:
         return True
 
     def charging(self, key: str) -> bool:
-        return bool(self._active.get(key))
+        return bool(self._active.get(key)) or key in self._starting
+
+    @contextlib.contextmanager
+    def starting(self, key: str, decision: AuthDecision) -> Iterator[None]:
+        """Hold an accepted start's id as charging until the start is recorded (or
+        fails): entered right after :meth:`decide`, with no await between, two chargers
+        starting the same id at once cannot both be accepted under ConcurrentTx."""
+        if decision.status is not AuthStatus.Accepted:
+            yield
+            return
+        self._starting[key] = self._starting.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._starting[key] - 1
+            if left:
+                self._starting[key] = left
+            else:
+                del self._starting[key]
 
     # -- decisions -----------------------------------------------------------------
 
@@ -154,7 +183,7 @@ class Site:
         charger, site, cache = await self.store.auth_entries(identity, key, site_key)
         decision = authorize(
             key,
-            now=datetime.now(UTC),
+            now=self.clock(),
             charger_list={key: charger} if charger else {},
             site_list={key: site} if site else {},
             cache={key: cache} if cache else {},

@@ -1796,6 +1796,45 @@ async def test_f12_offline_current_time_is_guarded_against_an_unsynced_clock(
     )
 
 
+async def test_f12_offline_expiry_is_judged_by_the_guarded_clock(
+    csms: CsmsPeer,
+    fast_controller: ControllerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """F12/B25: with the edge clock at 1970, a site-list card that expired in 2001 is
+    still Expired offline: local decisions use the guarded clock, not the edge's."""
+    import proxy.offline
+    import proxy.site
+
+    cards = tmp_path / "cards.csv"
+    cards.write_text(
+        "id_tag,status,expiry,parent_id_tag\n"
+        "OLD-CARD,Accepted,2001-01-01T00:00:00Z,\n"
+        "NEW-CARD,Accepted,2999-01-01T00:00:00Z,\n",
+        encoding="utf-8",
+    )
+    ctl = await fast_controller(local_list={"path": cards})
+    async with RawCharger(controller_url(ctl.listen_port), IDENTITY) as raw:
+        await answer_to(raw, frame("b1", "BootNotification", BOOT_16))
+        await csms.stop()
+        await wait_for(lambda: state_of(ctl) == "offline", 5.0, "offline")
+
+        class Clock1970(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Any:
+                return datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+
+        monkeypatch.setattr(proxy.offline, "datetime", Clock1970)
+        monkeypatch.setattr(proxy.site, "datetime", Clock1970)
+        old = await answer_to(raw, frame("a1", "Authorize", {"idTag": "OLD-CARD"}))
+        new = await answer_to(raw, frame("a2", "Authorize", {"idTag": "NEW-CARD"}))
+    assert [old[2]["idTagInfo"]["status"], new[2]["idTagInfo"]["status"]] == [
+        "Expired",
+        "Accepted",
+    ]
+
+
 # --------------------------------------------------------------------------- F13
 
 

@@ -517,6 +517,31 @@ async def test_card_started_offline_is_concurrent_tx_on_another_charger(
         assert on_b["idTagInfo"]["status"] == "Accepted"
 
 
+@pytest.mark.parametrize("chargers", [2, 6])
+async def test_card_started_at_once_on_several_chargers_is_accepted_once(
+    controller_factory: ControllerFactory, tmp_path: Path, chargers: int
+) -> None:
+    """Scenario 8, at once: the same card started offline on several chargers in the
+    same instant is Accepted on exactly one, ConcurrentTx on the others."""
+    csv_path = site_csv(tmp_path, "CARD-T,Accepted,,\n")
+    ctl = await offline_controller(controller_factory, local_list={"path": csv_path})
+    url = controller_url(ctl.listen_port)
+    async with contextlib.AsyncExitStack() as stack:
+        raws = [
+            await stack.enter_async_context(RawCharger(url, f"CP-{i}")) for i in range(chargers)
+        ]
+        answers = await asyncio.gather(
+            *(
+                raw.call("StartTransaction", start_payload("CARD-T", i))
+                for i, raw in enumerate(raws)
+            )
+        )
+    statuses = sorted(result_of(a)["idTagInfo"]["status"] for a in answers)
+    assert statuses == ["Accepted"] + ["ConcurrentTx"] * (chargers - 1)
+    assert ctl.site.charging("CARD-T")
+    assert ctl.site._starting == {}  # every hold released once recorded
+
+
 async def test_expired_site_list_entry_is_refused_offline(
     controller_factory: ControllerFactory, tmp_path: Path
 ) -> None:
