@@ -299,7 +299,7 @@ class OfflineResponder:
             call.id,
             call.raw,
             tx_id,
-            session.router.dialect.dedupe_key(call.action, payload),
+            session.router.dialect.dedupe_key(call.action, payload, call.id),
             session.state is State.OFFLINE,
         )
 
@@ -351,7 +351,7 @@ async def _authorize16(r: OfflineResponder, s: Session, call: Call, p: dict[str,
 async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
     tag = p["idTag"]
     key = token_key(tag, None)
-    dkey = dedupe_key(call.action, p)
+    dkey = dedupe_key(call.action, p, call.id)
     stored = await r.store.transaction_by_key(s.identity, dkey)
     if stored is not None:  # the charger's retry: the same answer as the first time
         tx_id, status, answered = stored

@@ -33,8 +33,9 @@ def no_policy_call(*args: Any) -> tuple[str, dict[str, Any]]:
     raise NotImplementedError("this OCPP version has no such call")
 
 
-#: The key that recognises a charger's retry of a stored message: (action, payload).
-DedupeKey = Callable[[str, Mapping[str, Any]], str]
+#: The key that recognises a charger's retry of a stored message: (action, payload,
+#: message id).
+DedupeKey = Callable[[str, Mapping[str, Any], str], str]
 
 
 def payload_digest(action: str, parts: Any) -> str:
@@ -43,6 +44,28 @@ def payload_digest(action: str, parts: Any) -> str:
         orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=12
     ).hexdigest()
     return f"{action}:{digest}"
+
+
+def has_own_time(payload: Mapping[str, Any], fields: tuple[str, ...] = ("timestamp",)) -> bool:
+    """Whether a payload says when what it reports happened: one of ``fields`` at its top
+    level, or a time on one of its meter values.
+
+    Only then is the same content again the charger's retry of one message; without a
+    time of its own the same status reported later (another firmware update, the same
+    diagnostics upload result in a later outage) is a new message.
+    """
+    if any(payload.get(field) is not None for field in fields):
+        return True
+    values = payload.get("meterValue")
+    return isinstance(values, list) and any(
+        isinstance(value, Mapping) and value.get("timestamp") is not None for value in values
+    )
+
+
+def call_digest(action: str, payload: Mapping[str, Any], message_id: str) -> str:
+    """The key of a message without a time of its own: its content and its message id
+    (a retry carries the id of the call it repeats; a new message has a new one)."""
+    return payload_digest(action, (payload, message_id))
 
 
 def no_rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
@@ -71,7 +94,7 @@ class Dialect:
     #: CALLERROR code for each kind of error; ``None``: ignore the message, send nothing.
     error_codes: Mapping[ErrorKind, str | None]
 
-    dedupe_key: DedupeKey = payload_digest
+    dedupe_key: DedupeKey = call_digest
     rewrite_up: RewriteUp = no_rewrite_up
     rewrite_down: RewriteDown = no_rewrite_down
     stop_call: StopCall = no_policy_call

@@ -9,7 +9,7 @@ from ocpp.v16.enums import Action
 
 from proxy import frames
 from proxy.frames import Call, ErrorKind
-from proxy.versions import Dialect, payload_digest
+from proxy.versions import Dialect, call_digest, has_own_time, payload_digest
 
 
 def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
@@ -60,11 +60,14 @@ def rewrite_down(call: Call, ids: Mapping[int, int]) -> Call:
     return call
 
 
-def dedupe_key(action: str, payload: Mapping[str, Any]) -> str:
+def dedupe_key(action: str, payload: Mapping[str, Any], message_id: str) -> str:
     """The key that makes a charger's retry of a stored message recognisable (R39).
 
     StartTransaction: connector, idTag, meterStart, timestamp. StopTransaction:
-    transactionId, meterStop, timestamp. Anything else: a digest of the whole payload.
+    transactionId, meterStop, timestamp. A message with a time of its own (MeterValues,
+    a StatusNotification or SecurityEventNotification with its timestamp): a digest of
+    the whole payload, so that a retry under a new message id is recognised too.
+    Anything else: a digest of the payload and the message id.
     """
     if action == "StartTransaction":
         parts: tuple[Any, ...] = (
@@ -75,8 +78,10 @@ def dedupe_key(action: str, payload: Mapping[str, Any]) -> str:
         )
     elif action == "StopTransaction":
         parts = (payload.get("transactionId"), payload.get("meterStop"), payload.get("timestamp"))
-    else:
+    elif has_own_time(payload):
         parts = (payload,)
+    else:
+        return call_digest(action, payload, message_id)
     return payload_digest(action, parts)
 
 

@@ -11,17 +11,24 @@ from ocpp.v201.enums import Action
 
 from proxy import frames
 from proxy.frames import Call, ErrorKind
-from proxy.versions import Dialect, payload_digest
+from proxy.versions import Dialect, call_digest, has_own_time, payload_digest
+
+#: Top-level fields that date a 2.0.1 message.
+_OWN_TIME = ("timestamp", "generatedAt")
 
 
-def dedupe_key(action: str, payload: Mapping[str, Any]) -> str:
-    """A TransactionEvent is known by its transaction and seqNo (R39); anything else by
-    a digest of its payload."""
+def dedupe_key(action: str, payload: Mapping[str, Any], message_id: str) -> str:
+    """A TransactionEvent is known by its transaction and seqNo (R39); a message with a
+    time of its own (``timestamp``, NotifyEvent's ``generatedAt``, MeterValues' times)
+    by a digest of its payload; anything else by a digest of its payload and its
+    message id."""
     if action == "TransactionEvent":
         tx = payload.get("transactionInfo")
         tx_id = tx.get("transactionId") if isinstance(tx, Mapping) else None
         return f"{action}:{tx_id}:{payload.get('seqNo')}"
-    return payload_digest(action, payload)
+    if has_own_time(payload, _OWN_TIME):
+        return payload_digest(action, payload)
+    return call_digest(action, payload, message_id)
 
 
 def rewrite_up(call: Call, ids: Mapping[int, int], deauthorized: Set[Any]) -> Call:
