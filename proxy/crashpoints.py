@@ -19,6 +19,11 @@ _remaining = int(_count) if _count.isdigit() else 1
 ARMED = bool(_name)
 
 
+def armed(name: str) -> bool:
+    """Whether the point called ``name`` is the one armed in this process."""
+    return ARMED and name == _name
+
+
 def crashpoint(name: str) -> None:
     """Kill the process here if this is the armed point's chosen pass."""
     global _remaining  # noqa: PLW0603 - one process-wide countdown

@@ -38,7 +38,12 @@ import aiosqlite
 
 from config.logging import get_logger
 from policies.authorization import AuthEntry, AuthStatus
-from proxy.crashpoints import ARMED, crashpoint
+from proxy.crashpoints import armed, crashpoint
+
+#: The crash tests' point between the writes and the COMMIT: armed, every group commit
+#: takes the explicit transaction (the outbox-only commit has no such moment); any
+#: other point leaves the production path as it is.
+_CRASH_BEFORE_COMMIT = armed("before_commit")
 
 MIGRATIONS: tuple[str, ...] = (
     # version 1
@@ -444,12 +449,20 @@ class Store:
             self._reader = None
 
     async def pragmas(self) -> dict[str, Any]:
-        """The settings that durability depends on, as SQLite reports them."""
-        db = self._require()
+        """The settings that durability depends on, as SQLite reports them on the
+        connection every change is committed on."""
+        self._require()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._writer_pragmas
+        )
+
+    def _writer_pragmas(self) -> dict[str, Any]:
+        con = self._wconn
+        if con is None:
+            raise StoreError("the store is not open")
         out: dict[str, Any] = {}
         for name in ("journal_mode", "synchronous", "busy_timeout", "user_version"):
-            async with db.execute(f"PRAGMA {name}") as cur:
-                row = await cur.fetchone()
+            row = con.execute(f"PRAGMA {name}").fetchone()
             out[name] = row[0] if row else None
         return out
 
@@ -522,7 +535,7 @@ class Store:
         if con is None:
             raise StoreError("the store is not open")
         if (
-            not ARMED
+            not _CRASH_BEFORE_COMMIT
             and len(statements) <= _ROWS_MAX
             and all(st[0] is _OUTBOX_INSERT for st in statements)
         ):
@@ -545,7 +558,7 @@ class Store:
                 else:
                     con.executemany(sql, [st[1] for st in statements[i:j]])
                 i = j
-            if ARMED:
+            if _CRASH_BEFORE_COMMIT:
                 crashpoint("before_commit")
             con.execute("COMMIT")
         except BaseException:
