@@ -254,8 +254,8 @@ class Site:
             await self._learn_list(identity, request)
         elif action == "GetLocalListVersion":
             version = result.get("listVersion", result.get("versionNumber"))
-            if version == 0:
-                await self.store.save_charger_list(identity, 0, {})
+            if type(version) is int:
+                await self._learn_list_version(session, version)
 
     def _learn_transaction(
         self,
@@ -342,6 +342,22 @@ class Site:
         if await self.store.in_local_list(identity, key, site_key):
             return
         await self.store.cache_put(key, entry)
+
+    async def _learn_list_version(self, session: Session, version: int) -> None:
+        """A charger's GetLocalListVersion answer: 0 (an empty list) or -1 (it keeps no
+        list) empties the controller's copy; a version other than the copy's means the
+        list changed where the controller did not see it (before it stood between the
+        charger and the CSMS, or while it was replaced), so the copy is dropped rather
+        than trusted, until the CSMS sends the list again."""
+        identity = session.identity
+        known = (await self.store.load_charger_list_versions()).get(identity)
+        if version <= 0:
+            await self.store.save_charger_list(identity, version, {})
+            return
+        if known == version:
+            return
+        session.log.warning("charger_list_out_of_sync", known_version=known, version=version)
+        await self.store.save_charger_list(identity, version, {})
 
     async def _learn_list(self, identity: str, request: dict[str, Any]) -> None:
         version = request.get("listVersion") or request.get("versionNumber")
