@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings, charger_policy
@@ -75,6 +75,11 @@ class Replayer:
         #: (identity, transaction) -> last energy register reading (Wh)
         self._energy: dict[tuple[str, TxRef], float] = {}
         self._suspended: set[tuple[str, TxRef]] = set()
+        #: Told each replayed transaction message's request and the CSMS's answer (the
+        #: site's authorization cache learns from them as from answers passing through).
+        self.on_answer: (
+            Callable[[Session, dict[str, Any], dict[str, Any]], Awaitable[None]] | None
+        ) = None
 
     # -- session set-up --------------------------------------------------------------
 
@@ -290,6 +295,10 @@ class Replayer:
                 start_status = info["status"]
         await self.store.delivered(row.seq, *extra)
         session.replayed += 1
+        if self.on_answer is not None and row.action in _LEARNED_FROM:
+            request = _request_of(row.frame)
+            if request is not None:
+                await self.on_answer(session, request, payload)
         if start_status is not None and ref is not None:
             await self._verdict(session, ref, start_status)
 
@@ -414,6 +423,19 @@ class Replayer:
                 session.log.warning("energy_limit_reached", transaction_id=ref, limit_wh=cap)
                 return self._suspend(session, ref, connector)
         return None
+
+
+#: Replayed actions whose answers carry an id's status (idTagInfo / idTokenInfo).
+_LEARNED_FROM = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent"})
+
+
+def _request_of(frame: str) -> dict[str, Any] | None:
+    """The payload of a stored CALL, or None if it cannot be read."""
+    try:
+        parsed = frames.parse(frame)
+    except FrameError:
+        return None
+    return parsed.payload if isinstance(parsed, Call) and isinstance(parsed.payload, dict) else None
 
 
 def _marked_offline(call: Call) -> Call:

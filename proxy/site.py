@@ -335,6 +335,16 @@ class Site:
             return token_key(token["idToken"], None)
         return None
 
+    async def replayed(
+        self, session: Session, request: dict[str, Any], result: dict[str, Any]
+    ) -> None:
+        """A transaction message answered offline, replayed, and the CSMS's answer: its
+        id's status is learned as from an answer passing through."""
+        key = self._request_key(request)
+        if key is not None:
+            info = result.get("idTagInfo") or result.get("idTokenInfo")
+            await self._learn(session.identity, key, self._site_key(request), info)
+
     async def _learn(self, identity: str, key: str, site_key: str | None, info: Any) -> None:
         entry = id_tag_info_entry(info)
         if entry is None:

@@ -259,6 +259,30 @@ async def offline_start_then_csms_refuses(
     return tx, answer["transactionId"]
 
 
+async def test_replayed_answers_teach_the_cache(
+    csms: CsmsPeer, fast_controller: ControllerFactory
+) -> None:
+    """The CSMS's answers to replayed Start/StopTransactions feed the authorization cache
+    like answers passing through: a card accepted offline by the unknown-id policy and
+    Blocked by the CSMS on replay is Blocked in the next outage, not accepted again."""
+    await csms.stop()
+    ctl = await fast_controller(
+        policy={"allow_offline_tx_for_unknown_id": True, "stop_transaction_on_invalid_id": False}
+    )
+    async with ChargerPeer16(controller_url(ctl.listen_port), IDENTITY, clock=StepClock()) as cp:
+        await cp.boot()
+        assert await cp.authorize("NEW-CARD") == "Accepted"  # the unknown-id policy
+        tx = await cp.start_transaction("NEW-CARD", meter_start=0)
+        await cp.stop_transaction(tx, 100, id_tag="NEW-CARD")
+        csms.id_tag_status["NEW-CARD"] = "Blocked"
+        await csms.start()
+        await wait_drained(ctl)
+        assert start_answer(csms.inbound(IDENTITY))["idTagInfo"]["status"] == "Blocked"
+        await csms.stop()
+        await wait_state(ctl, "offline")
+        assert await cp.authorize("new-card") == "Blocked"
+
+
 async def test_invalid_id_stop_policy_stops_and_reports_deauthorized(
     csms: CsmsPeer, fast_controller: ControllerFactory, site_list: Callable[..., Path]
 ) -> None:
