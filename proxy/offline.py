@@ -357,6 +357,9 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
         tx_id, status, answered = stored
         info = orjson.loads(answered) if answered else {"status": status}
         return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": info})
+    freed = r.site.connector_free(s, p["connectorId"], "new_start")
+    if freed:
+        await r.store.apply(*freed)
     decision = await r.site.decide(s.identity, key, for_start=True, valid=is_valid_id_tag(tag))
     with r.site.starting(key, decision):
         if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
@@ -376,7 +379,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
             r.item(s, call, p),
         )
         if decision.status is AuthStatus.Accepted:
-            r.site.started(s.identity, tx_id, key)
+            r.site.started(s.identity, tx_id, key, p["connectorId"])
     s.log.info(
         "offline_start",
         transaction_id=tx_id,
@@ -413,9 +416,16 @@ async def _stored16(r: OfflineResponder, s: Session, call: Call, p: dict[str, An
 
 
 async def _status16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
+    freed = (
+        r.site.connector_free(s, p["connectorId"], "available")
+        if p.get("status") == ("Available")
+        else []
+    )
     await r.store.record_status(
         s.identity, p["connectorId"], p.get("status"), call.raw, replay=True
     )
+    if freed:
+        await r.store.apply(*freed)
     return frames.result(call.id, {})
 
 

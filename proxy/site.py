@@ -103,6 +103,9 @@ class Site:
         #: id key -> the (identity, transactionId) pairs charging with it
         self._active: dict[str, set[tuple[str, int | str]]] = {}
         self._tx_key: dict[tuple[str, int | str], str] = {}
+        #: (identity, 1.6 connector) -> the transactions running on it, and back
+        self._on_connector: dict[tuple[str, int], set[int | str]] = {}
+        self._tx_connector: dict[tuple[str, int | str], int] = {}
         #: id key -> starts accepted offline and not recorded yet (see :meth:`starting`)
         self._starting: dict[str, int] = {}
         #: The time expiry is judged by: the offline answers' guarded clock, once the
@@ -123,17 +126,23 @@ class Site:
         self.on_csms_time: Callable[[Any], None] | None = None
 
     async def load(self) -> None:
-        for identity, provisional, key in await self.store.running_transactions():
-            self.started(identity, provisional, key)
+        for identity, tx_id, key, connector in await self.store.running_transactions():
+            self.started(identity, tx_id, key, connector)
 
     # -- running transactions -------------------------------------------------------
 
-    def started(self, identity: str, tx_id: int | str, key: str) -> bool:
-        """The id ``key`` is charging in this transaction; False if known already."""
+    def started(
+        self, identity: str, tx_id: int | str, key: str, connector: int | None = None
+    ) -> bool:
+        """The id ``key`` is charging in this transaction (on this OCPP 1.6 connector,
+        where known); False if known already."""
         if self._tx_key.get((identity, tx_id)) == key:
             return False
         self._active.setdefault(key, set()).add((identity, tx_id))
         self._tx_key[(identity, tx_id)] = key
+        if type(connector) is int and connector > 0:
+            self._on_connector.setdefault((identity, connector), set()).add(tx_id)
+            self._tx_connector[(identity, tx_id)] = connector
         return True
 
     def stopped(self, identity: str, tx_id: int | str) -> bool:
@@ -146,7 +155,34 @@ class Site:
             holders.discard((identity, tx_id))
             if not holders:
                 del self._active[key]
+        connector = self._tx_connector.pop((identity, tx_id), None)
+        if connector is not None:
+            running = self._on_connector.get((identity, connector))
+            if running is not None:
+                running.discard(tx_id)
+                if not running:
+                    del self._on_connector[(identity, connector)]
         return True
+
+    def connector_free(self, session: Session, connector: Any, why: str) -> list[Statement]:
+        """An OCPP 1.6 connector is free of transactions (a new transaction starts on it,
+        or it reports Available): any transaction still running on it ended without its
+        StopTransaction reaching the controller (a charger that rebooted and never sent
+        it). Its id is charging no more, so that ConcurrentTx does not refuse the card
+        for good; the changes to store."""
+        if type(connector) is not int:
+            return []
+        identity = session.identity
+        changes: list[Statement] = []
+        for tx_id in sorted(self._on_connector.get((identity, connector), ()), key=str):
+            self.stopped(identity, tx_id)
+            session.log.warning(
+                "transaction_presumed_ended", transaction_id=tx_id, connector=connector, why=why
+            )
+            changes.append(self.store.online_stopped(identity, tx_id))
+            if type(tx_id) is int:
+                changes.append(self.store.stop_transaction(identity, tx_id))
+        return changes
 
     def charging(self, key: str) -> bool:
         return bool(self._active.get(key)) or key in self._starting
@@ -227,6 +263,10 @@ class Site:
                     await self.store.record_status(
                         identity, connector, request.get("status"), call.raw, replay=False
                     )
+                    if request.get("status") == "Available":
+                        freed = self.connector_free(session, connector, "available")
+                        if freed:
+                            await self.store.apply(*freed)
                 return
             if action == "MeterValues":
                 if self.on_meter is not None:
@@ -272,14 +312,16 @@ class Site:
             real = result.get("transactionId")
             info = result.get("idTagInfo")
             accepted = isinstance(info, dict) and info.get("status") == "Accepted"
+            connector = request.get("connectorId")
+            changes = self.connector_free(session, connector, "new_start")
             if (
                 isinstance(real, int)
                 and key is not None
                 and accepted
-                and self.started(identity, real, key)
+                and self.started(identity, real, key, connector)
             ):
-                return [self.store.online_started(identity, real, key)]
-            return []
+                changes.append(self.store.online_started(identity, real, key, connector))
+            return changes
         tx_id = request.get("transactionId")
         if not isinstance(tx_id, int):
             return []

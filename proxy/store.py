@@ -185,6 +185,11 @@ MIGRATIONS: tuple[str, ...] = (
             ON CONFLICT(identity) DO UPDATE SET dedupe_key = excluded.dedupe_key;
     END
     """,
+    # version 4: the connector of a transaction started online, so that a new start or
+    # an Available on that connector ends it for ConcurrentTx when its stop never came
+    """
+    ALTER TABLE charging_online ADD COLUMN connector INTEGER;
+    """,
 )
 
 #: Outbox messages are indexed by (bucket, state, seq): a group commit of a site-wide
@@ -719,26 +724,29 @@ class Store:
             (identity, provisional),
         )
 
-    async def running_transactions(self) -> list[tuple[str, int | str, str]]:
-        """(identity, transaction id, id key) of every transaction whose id is charging:
-        offline starts not yet stopped (1.6 provisional ids, 2.0.1 station ids) and the
-        starts the CSMS accepted online and no stop has ended yet."""
+    async def running_transactions(self) -> list[tuple[str, int | str, str, int | None]]:
+        """(identity, transaction id, id key, 1.6 connector) of every transaction whose
+        id is charging: offline starts not yet stopped (1.6 provisional ids, 2.0.1
+        station ids) and the starts the CSMS accepted online and no stop has ended yet."""
         rows = await self._rows(
-            "SELECT identity, provisional, id_key FROM transactions"
+            "SELECT identity, provisional, id_key, connector FROM transactions"
             " WHERE stopped = 0 AND status = 'Accepted'"
-            " UNION ALL SELECT identity, transaction_id, id_key FROM station_transactions"
+            " UNION ALL SELECT identity, transaction_id, id_key, NULL FROM station_transactions"
             " WHERE ended = 0 AND status = 'Accepted' AND id_key IS NOT NULL"
-            " UNION ALL SELECT identity, tx_id, id_key FROM charging_online"
+            " UNION ALL SELECT identity, tx_id, id_key, connector FROM charging_online"
         )
-        return [(str(r[0]), r[1], str(r[2])) for r in rows]
+        return [(str(r[0]), r[1], str(r[2]), r[3]) for r in rows]
 
     @staticmethod
-    def online_started(identity: str, tx_id: int | str, id_key: str) -> Statement:
+    def online_started(
+        identity: str, tx_id: int | str, id_key: str, connector: int | None = None
+    ) -> Statement:
         """The CSMS accepted a transaction online: its id is charging until it stops."""
         return (
-            "INSERT INTO charging_online(identity, tx_id, id_key, since) VALUES (?, ?, ?, ?)"
+            "INSERT INTO charging_online(identity, tx_id, id_key, since, connector)"
+            " VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(identity, tx_id) DO UPDATE SET id_key = excluded.id_key",
-            (identity, tx_id, id_key, time.time()),
+            (identity, tx_id, id_key, time.time(), connector),
         )
 
     @staticmethod

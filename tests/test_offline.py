@@ -455,12 +455,14 @@ async def test_card_charging_on_one_charger_is_refused_on_another_as_concurrent_
             assert again["idTagInfo"]["status"] == "Accepted"
 
 
+@pytest.mark.parametrize("ended_by", ["stop", "available"])
 async def test_card_charging_online_is_concurrent_tx_after_a_restart(
-    csms: CsmsPeer, controller_factory: ControllerFactory, tmp_path: Path
+    csms: CsmsPeer, controller_factory: ControllerFactory, tmp_path: Path, ended_by: str
 ) -> None:
     """Scenario 8 across a restart: a card the CSMS accepted online on A is still
     ConcurrentTx on B, offline, after the controller restarted on the same store; A's
-    StopTransaction frees it, and that holds across the next restart too."""
+    StopTransaction frees it (or, its stop lost, its connector reporting Available: the
+    connector is kept with the start), and that holds across the next restart too."""
     overrides: dict[str, Any] = {
         "uplink": FAST_RECONNECT,
         "policy": {"concurrent_tx": True},
@@ -477,7 +479,7 @@ async def test_card_charging_online_is_concurrent_tx_after_a_restart(
 
         async def stored() -> bool:
             running = await first.store.running_transactions()
-            return ("CP-A", started.transaction_id, "CARD-R") in running
+            return ("CP-A", started.transaction_id, "CARD-R", 1) in running
 
         await eventually(stored, what="the start to be stored")
     await first.stop()
@@ -490,7 +492,12 @@ async def test_card_charging_online_is_concurrent_tx_after_a_restart(
         refused = result_of(await b.call("StartTransaction", start_payload("card-r", 10)))
         assert refused["idTagInfo"]["status"] == "ConcurrentTx"
         async with RawCharger(url, "CP-A") as a2:
-            result_of(await a2.call("StopTransaction", stop_payload(started.transaction_id, 500)))
+            if ended_by == "stop":
+                stop = stop_payload(started.transaction_id, 500)
+                result_of(await a2.call("StopTransaction", stop))
+            else:
+                status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+                result_of(await a2.call("StatusNotification", status))
         again = result_of(await b.call("StartTransaction", start_payload("CARD-R", 20)))
         assert again["idTagInfo"]["status"] == "Accepted"
         result_of(await b.call("StopTransaction", stop_payload(again["transactionId"], 30)))
@@ -540,6 +547,41 @@ async def test_card_started_at_once_on_several_chargers_is_accepted_once(
     assert statuses == ["Accepted"] + ["ConcurrentTx"] * (chargers - 1)
     assert ctl.site.charging("CARD-T")
     assert ctl.site._starting == {}  # every hold released once recorded
+
+
+@pytest.mark.parametrize("freed_by", ["new-start", "available"])
+async def test_transaction_without_its_stop_ends_when_its_connector_is_free(
+    controller_factory: ControllerFactory, tmp_path: Path, freed_by: str
+) -> None:
+    """Scenario 8: a charger rebooted and never sent the StopTransaction of the card's
+    transaction; once that connector starts anew or reports Available, the card is no
+    longer ConcurrentTx elsewhere (it would otherwise be refused for good)."""
+    csv_path = site_csv(tmp_path, "CARD-L,Accepted,,\n")
+    ctl = await offline_controller(controller_factory, local_list={"path": csv_path})
+    url = controller_url(ctl.listen_port)
+    async with RawCharger(url, "CP-A") as a, RawCharger(url, "CP-B") as b:
+        first = result_of(await a.call("StartTransaction", start_payload("CARD-L", 0)))
+        assert first["idTagInfo"]["status"] == "Accepted"
+        on_b = result_of(await b.call("StartTransaction", start_payload("CARD-L", 1)))
+        assert on_b["idTagInfo"]["status"] == "ConcurrentTx"
+        # the other connector of A says nothing about the transaction on connector 1
+        status = {"connectorId": 2, "errorCode": "NoError", "status": "Available"}
+        assert result_of(await a.call("StatusNotification", status)) == {}
+        on_b = result_of(await b.call("StartTransaction", start_payload("CARD-L", 2)))
+        assert on_b["idTagInfo"]["status"] == "ConcurrentTx"
+        if freed_by == "new-start":
+            again = result_of(await a.call("StartTransaction", start_payload("CARD-L", 50)))
+            assert again["idTagInfo"]["status"] == "Accepted"
+            expected_on_b = "ConcurrentTx"  # the new transaction holds the card now
+        else:
+            status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+            assert result_of(await a.call("StatusNotification", status)) == {}
+            expected_on_b = "Accepted"
+        on_b = result_of(await b.call("StartTransaction", start_payload("CARD-L", 3)))
+        assert on_b["idTagInfo"]["status"] == expected_on_b
+    running = await ctl.store.running_transactions()
+    assert first["transactionId"] not in [tx for _, tx, _, _ in running]
+    assert len(running) == 1
 
 
 async def test_expired_site_list_entry_is_refused_offline(
