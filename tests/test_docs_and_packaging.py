@@ -180,6 +180,16 @@ def test_example_settings_show_the_defaults() -> None:
         assert value == default, f"{key} = {value!r} in site.toml, default {default!r}"
 
 
+def test_example_site_list_is_a_valid_site_list() -> None:
+    """config/examples/cards.csv, named in site.toml, imports as the CSV import reads it."""
+    from policies.local_list import parse_csv
+
+    cards = REPO / "config" / "examples" / "cards.csv"
+    entries = parse_csv(cards.read_text(encoding="utf-8"))
+    assert len(entries) == len(cards.read_text(encoding="utf-8").splitlines()) - 1
+    assert "cards.csv" in SITE_TOML.read_text(encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- docs
 
 
