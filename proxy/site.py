@@ -22,6 +22,7 @@ from policies.authorization import (
     AuthStatus,
     authorize,
     cache_entry_from_answer,
+    should_cache,
     token_key,
 )
 from policies.local_list import ListUpdate, apply_update
@@ -391,7 +392,8 @@ class Site:
         entry = id_tag_info_entry(info)
         if entry is None:
             return
-        if await self.store.in_local_list(identity, key, site_key):
+        charger, site, _ = await self.store.auth_entries(identity, key, site_key)
+        if not should_cache(key, [{key: e} for e in (charger, site) if e is not None]):
             return
         await self.store.cache_put(key, entry)
 

@@ -1020,15 +1020,6 @@ class Store:
             found[int(r[0])] = _row_entry(r[1], r[2], r[3])
         return found[0], found[1], found[2]
 
-    async def in_local_list(self, identity: str, key: str, site_key: str | None = None) -> bool:
-        """Whether ``key`` is in the site list or in the charger's own list."""
-        row = await self._row(
-            "SELECT EXISTS(SELECT 1 FROM site_list WHERE key = ?)"
-            " OR EXISTS(SELECT 1 FROM charger_lists WHERE identity = ? AND key = ?)",
-            (site_key or key, identity, key),
-        )
-        return bool(row and row[0])
-
     async def charger_list(self, identity: str) -> dict[str, AuthEntry]:
         rows = await self._rows(
             "SELECT key, status, expiry, parent FROM charger_lists WHERE identity = ?",
