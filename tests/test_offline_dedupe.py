@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from offline_tools import STAMP, offline_controller
 from peers import CALLRESULT, OCPP201, CsmsPeer, RawCharger, controller_url
 
 from proxy.versions import ocpp16, ocpp201
@@ -33,11 +34,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(60)
 
-#: A port nothing listens on: every uplink attempt is refused at once.
-DEAD_CSMS = {"url": "ws://127.0.0.1:1"}
-FAST_RECONNECT = {"reconnect_min": 0.1, "reconnect_max": 0.3, "reconnect_jitter": 0.05}
 IDENTITY = "CP1"
-STAMP = "2025-01-01T12:00:00.000Z"
 
 #: 1.6 payloads with no time of their own.
 FIRMWARE_IDLE = {"status": "Idle"}
@@ -80,11 +77,6 @@ async def wait_drained(ctl: Controller, identity: str = IDENTITY) -> None:
         return state_of(ctl, identity) == "online" and not await ctl.store.outbox_depth(identity)
 
     await wait_for(done, f"{identity} to drain and be online")
-
-
-async def offline_controller(factory: ControllerFactory) -> Controller:
-    """A controller whose CSMS cannot be reached."""
-    return await factory(csms=DEAD_CSMS, uplink=FAST_RECONNECT)
 
 
 async def acked(raw: RawCharger, action: str, payload: dict[str, Any], unique_id: str) -> None:
