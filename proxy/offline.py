@@ -313,11 +313,17 @@ class OfflineResponder:
 
 
 async def _offline_boot_status(r: OfflineResponder, s: Session) -> str:
-    """Accepted for a charger the CSMS has accepted before; for any other, what
+    """What the CSMS answered the charger's last BootNotification it saw (Accepted,
+    Pending, Rejected), as the CSMS would most likely answer again; for a charger the
+    CSMS never answered, Accepted if it accepted the charger before, else what
     ``[offline] unknown_charger`` says (a boot answered offline does not count)."""
     known = await r.store.charger(s.identity)
-    if known is not None and known["accepted"]:
-        return "Accepted"
+    if known is not None:
+        last = known["csms_boot_status"]
+        if last in _BOOT_STATUS.values():
+            return str(last)
+        if known["accepted"]:
+            return "Accepted"
     return _BOOT_STATUS[r.settings.offline.unknown_charger]
 
 

@@ -256,6 +256,7 @@ class Site:
                     call.raw,
                     replay=False,
                     accepted=result.get("status") == "Accepted",
+                    csms_status=status if isinstance(status := result.get("status"), str) else None,
                 )
                 return
             if action == "StatusNotification":

@@ -186,9 +186,12 @@ MIGRATIONS: tuple[str, ...] = (
     END
     """,
     # version 4: the connector of a transaction started online, so that a new start or
-    # an Available on that connector ends it for ConcurrentTx when its stop never came
+    # an Available on that connector ends it for ConcurrentTx when its stop never came;
+    # the status of the CSMS's last answer to a charger's BootNotification (the offline
+    # answer follows it: a charger the CSMS keeps Pending or Rejected is not Accepted)
     """
     ALTER TABLE charging_online ADD COLUMN connector INTEGER;
+    ALTER TABLE chargers ADD COLUMN csms_boot_status TEXT;
     """,
 )
 
@@ -937,8 +940,8 @@ class Store:
         await self._write(
             [
                 (
-                    "UPDATE chargers SET boot_replay = 0, accepted = 1 WHERE identity = ?"
-                    " AND boot_frame = ?",
+                    "UPDATE chargers SET boot_replay = 0, accepted = 1,"
+                    " csms_boot_status = 'Accepted' WHERE identity = ? AND boot_frame = ?",
                     (identity, frame),
                 )
             ]
@@ -1168,19 +1171,30 @@ class Store:
     # -- charger registry ------------------------------------------------------------
 
     async def record_boot(
-        self, identity: str, version: str, frame: str, *, replay: bool, accepted: bool | None
+        self,
+        identity: str,
+        version: str,
+        frame: str,
+        *,
+        replay: bool,
+        accepted: bool | None,
+        csms_status: str | None = None,
     ) -> None:
-        """Keep a charger's last BootNotification (``replay``: sent while offline)."""
+        """Keep a charger's last BootNotification (``replay``: sent while offline) and,
+        for one the CSMS answered, the status it answered."""
         await self._write(
             [
                 (
                     "INSERT INTO chargers(identity, ocpp_version, boot_frame, boot_at,"
-                    " boot_replay, accepted, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " boot_replay, accepted, last_seen, csms_boot_status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(identity) DO UPDATE SET ocpp_version = excluded.ocpp_version,"
                     " boot_frame = excluded.boot_frame, boot_at = excluded.boot_at,"
                     " boot_replay = excluded.boot_replay,"
                     " accepted = MAX(chargers.accepted, excluded.accepted),"
-                    " last_seen = excluded.last_seen",
+                    " last_seen = excluded.last_seen,"
+                    " csms_boot_status = COALESCE(excluded.csms_boot_status,"
+                    " chargers.csms_boot_status)",
                     (
                         identity,
                         version,
@@ -1189,6 +1203,7 @@ class Store:
                         int(replay),
                         int(bool(accepted)),
                         time.time(),
+                        csms_status,
                     ),
                 )
             ]
@@ -1197,7 +1212,7 @@ class Store:
     async def charger(self, identity: str) -> dict[str, Any] | None:
         row = await self._row(
             "SELECT identity, ocpp_version, boot_frame, boot_at, boot_replay, accepted,"
-            " last_seen FROM chargers WHERE identity = ?",
+            " last_seen, csms_boot_status FROM chargers WHERE identity = ?",
             (identity,),
         )
         if row is None:
@@ -1210,6 +1225,7 @@ class Store:
             "boot_replay",
             "accepted",
             "last_seen",
+            "csms_boot_status",
         )
         return dict(zip(keys, row, strict=True))
 

@@ -52,6 +52,7 @@ from websockets.exceptions import InvalidStatus
 from config.settings import ENV_PREFIX
 from policies.local_list import parse_csv
 from proxy import cli
+from proxy.router import State
 
 if TYPE_CHECKING:
     from conftest import ControllerFactory
@@ -983,6 +984,46 @@ async def test_charger_accepted_online_before_is_accepted_offline_under_pending_
         assert result_of(await raw.call("BootNotification", boot))["status"] == "Accepted"
         status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
         assert result_of(await raw.call("StatusNotification", status)) == {}
+
+
+@pytest.mark.parametrize("answered", ["Pending", "Rejected"])
+async def test_charger_the_csms_keeps_pending_or_rejected_is_not_accepted_offline(
+    csms: CsmsPeer, controller_factory: ControllerFactory, answered: str
+) -> None:
+    """B23: offline, a charger's boot gets what the CSMS last answered it: one the CSMS
+    keeps Pending or Rejected is not Accepted by the controller (``unknown_charger =
+    "accept"`` is for identities the CSMS never answered); accepted later, Accepted."""
+    csms.boot_status = answered
+    ctl = await controller_factory(
+        uplink=FAST_RECONNECT, admission={"unknown_identities": "pass_through"}
+    )
+    boot = {"chargePointVendor": "OpenSite", "chargePointModel": "LC-Test"}
+    url = controller_url(ctl.listen_port)
+
+    async def recorded(status: str) -> bool:
+        record = await ctl.store.charger("CP1")
+        return record is not None and record["csms_boot_status"] == status
+
+    async with RawCharger(url, "CP1") as raw:
+        assert result_of(await raw.call("BootNotification", boot))["status"] == answered
+        await eventually(lambda: recorded(answered), what="the CSMS's answer to be recorded")
+    await csms.stop()
+    async with RawCharger(url, "CP1") as raw:
+        assert result_of(await raw.call("BootNotification", boot))["status"] == answered
+    csms.boot_status = "Accepted"
+    await csms.start()
+    async with RawCharger(url, "CP1") as raw:
+
+        async def online() -> bool:
+            session = ctl.chargers.sessions.get("CP1")
+            return session is not None and session.state is State.ONLINE
+
+        await eventually(online, what="CP1 online (its offline boot replayed)")
+        assert result_of(await raw.call("BootNotification", boot))["status"] == "Accepted"
+        await eventually(lambda: recorded("Accepted"), what="the CSMS's answer to be recorded")
+    await csms.stop()
+    async with RawCharger(url, "CP1") as raw:
+        assert result_of(await raw.call("BootNotification", boot))["status"] == "Accepted"
 
 
 async def test_offline_data_transfer_and_unanswerable_actions(
