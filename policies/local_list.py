@@ -45,6 +45,7 @@ __all__ = [
     "ListFormatError",
     "ListUpdate",
     "apply_update",
+    "decode_csv",
     "format_csv",
     "parse_csv",
 ]
@@ -95,6 +96,17 @@ class ListFormatError(ValueError):
         super().__init__(f"line {line}: {message}")
         self.line = line
         self.message = message
+
+
+def decode_csv(data: bytes) -> str:
+    """The text of a site list file's bytes, which must be UTF-8.
+
+    Raises :class:`ListFormatError` with the line of the first byte that is not.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ListFormatError(data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
 
 
 def _rows(text: str) -> Iterator[tuple[int, list[str]]]:

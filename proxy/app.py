@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import gc
 import signal
+import sqlite3
 import time
 from types import TracebackType
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from config.logging import get_logger
 from config.settings import Settings
 from policies.admission import basic_header
-from policies.local_list import parse_csv
+from policies.local_list import ListFormatError, decode_csv, parse_csv
 from proxy.admin import AdminServer, build_app
 from proxy.charger import ChargerServer
 from proxy.gate import Gate
@@ -74,6 +75,9 @@ class Controller:
         self.metrics.bind_state(self.metrics_state)
         self.admin = AdminServer(settings.admin, build_app(self))
         self._ready = False
+        #: How the import of ``local_list.path`` at start-up went: ``not_set`` (no file
+        #: named), ``imported``, or ``failed`` (the site list the store held is kept).
+        self.site_list_import = "not_set"
         self._watchdog: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._gc: asyncio.Task[None] | None = None
@@ -91,7 +95,10 @@ class Controller:
         return self._ready
 
     def status(self) -> dict[str, Any]:
-        return {"chargers": len(self.chargers.sessions)}
+        return {
+            "chargers": len(self.chargers.sessions),
+            "site_list_import": self.site_list_import,
+        }
 
     def metrics_state(self) -> dict[str, Any]:
         """Scrape-time gauges: live session states plus the store figures the watchdog
@@ -117,7 +124,7 @@ class Controller:
             await self.chargers.start()
             await self.admin.start()
         except BaseException:
-            # A port taken, a bad site list: close what was opened, or its threads
+            # A port taken: close what was opened, or its threads
             # would keep the process alive after the error is reported.
             with contextlib.suppress(Exception):
                 await self.chargers.close()
@@ -256,12 +263,39 @@ class Controller:
         self.gate.security_event("credentials_changed", charger=session.identity)
 
     async def _import_site_list(self) -> None:
+        """Replace the site list with the file at ``local_list.path``, all rows or none.
+
+        A file that is missing, unreadable or malformed, or a store that cannot take it,
+        does not keep the site from running: the site list the store holds is kept, the
+        failure is logged (``site_list_import_failed``), counted as the security event
+        of that name (offline, cards the file would block may still be accepted) and
+        shown by ``/readyz``, and the controller starts.
+        """
         path = self.settings.local_list.path
         if path is None:
             return
-        entries = parse_csv(path.read_text(encoding="utf-8"))
-        await self.store.replace_site_list(entries)
-        self.log.info("site_list_imported", path=str(path), entries=len(entries))
+        line: int | None = None
+        try:
+            entries = parse_csv(decode_csv(path.read_bytes()))
+            await self.store.replace_site_list(entries)
+        except ListFormatError as exc:
+            line, reason = exc.line, exc.message
+        except OSError as exc:
+            reason = f"cannot read the file: {exc.strerror or exc}"
+        except StoreError as exc:
+            reason = f"the store did not take it: {exc}"
+        else:
+            self.site_list_import = "imported"
+            self.log.info("site_list_imported", path=str(path), entries=len(entries))
+            return
+        self.site_list_import = "failed"
+        self.metrics.security_events["site_list_import_failed"] += 1
+        kept: int | None = None
+        with contextlib.suppress(StoreError, sqlite3.Error):
+            kept = len(await self.store.load_site_list())
+        self.log.error(
+            "site_list_import_failed", path=str(path), line=line, reason=reason, kept=kept
+        )
 
     async def stop(self) -> None:
         self._ready = False

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from typing import TextIO
 
 from config.settings import Settings, SettingsError, load_settings
 from policies.authorization import AuthEntry
-from policies.local_list import ListFormatError, format_csv, parse_csv
+from policies.local_list import ListFormatError, decode_csv, format_csv, parse_csv
 from proxy.store import Store, StoreError
 
 EXIT_OK = 0
@@ -147,11 +148,37 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
     store = Store(settings.store.path, busy_timeout_ms=settings.store.busy_timeout_ms)
-    await store.open()
+    before = set(threading.enumerate())
+    try:
+        await store.open()
+    except BaseException:
+        # Closed even when opening failed half-way: a connection left open keeps its
+        # thread, and the process, alive. A connection that could not open at all stops
+        # its thread by itself and tells the event loop when done: wait for that while
+        # the loop still runs, or the thread fails on a closed loop with a traceback.
+        await store.close()
+        for thread in set(threading.enumerate()) - before:
+            await asyncio.to_thread(thread.join, 2.0)
+        raise
     try:
         return await work(store)
     finally:
         await store.close()
+
+
+#: What a store that cannot be opened, read or written raises.
+STORE_ERRORS = (StoreError, sqlite3.Error, OSError)
+
+
+def _store_failure(settings: Settings, exc: BaseException) -> str:
+    """Why the store could not be used, in one line."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        text += (
+            f" (another process held it longer than store.busy_timeout_ms = "
+            f"{settings.store.busy_timeout_ms})"
+        )
+    return f"the store at {settings.store.path} failed: {text}"
 
 
 #: Rows above which ``local-list import`` reports its progress on standard error.
@@ -269,9 +296,14 @@ async def _replace_site_list(
 
 def _import_site_list(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        text = Path(args.file).read_text(encoding="utf-8-sig")
+        data = Path(args.file).read_bytes()
     except OSError as exc:
         print(f"ocpp-lc: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        text = decode_csv(data)
+    except ListFormatError as exc:
+        print(f"ocpp-lc: {args.file}: {exc}; nothing imported", file=sys.stderr)
         return EXIT_FAILURE
     rows = text.count("\n") - 1 + (not text.endswith("\n"))  # after the header
     progress = Progress(f"ocpp-lc: importing {args.file}", rows) if rows > PROGRESS_ROWS else None
@@ -289,11 +321,27 @@ def _import_site_list(args: argparse.Namespace, settings: Settings) -> int:
     if progress is not None and not progress.tty:
         progress.note(f"writing {len(entries):,} entries to the store")
 
+    committed = False
+
     async def replace(store: Store) -> int:
+        nonlocal committed
         await _replace_site_list(store, entries, progress)
+        committed = True
         return EXIT_OK
 
-    code = asyncio.run(_with_store(settings, replace))
+    try:
+        code = asyncio.run(_with_store(settings, replace))
+    except STORE_ERRORS as exc:
+        if not committed:  # one transaction: the site list is as it was
+            print(
+                f"ocpp-lc: cannot import {args.file}: {_store_failure(settings, exc)}; "
+                "nothing imported",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        # Committed, then closing the store failed: the import stands.
+        print(f"ocpp-lc: {_store_failure(settings, exc)} after the import", file=sys.stderr)
+        code = EXIT_OK
     print(f"imported {len(entries)} entries from {args.file}")
     return code
 
@@ -308,11 +356,24 @@ def _local_list(args: argparse.Namespace, settings: Settings) -> int:
         out.append(format_csv(dict(sorted((await store.load_site_list()).items()))))
         return EXIT_OK
 
-    code = asyncio.run(_with_store(settings, export))
+    try:
+        code = asyncio.run(_with_store(settings, export))
+    except STORE_ERRORS as exc:
+        if not out:
+            print(
+                f"ocpp-lc: cannot read the site list: {_store_failure(settings, exc)}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        code = EXIT_OK  # read in full; only closing the store failed
     if args.ll_command == "show" or args.file == "-":
         sys.stdout.write(out[0])
-    else:
+        return code
+    try:
         Path(args.file).write_text(out[0], encoding="utf-8")
+    except OSError as exc:
+        print(f"ocpp-lc: cannot write {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return code
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from config.settings import ENV_PREFIX
-from proxy.cli import EXIT_OK, EXIT_USAGE, main
+from proxy.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -201,3 +203,157 @@ def test_serve_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "cannot start" in done.stderr and "address already in use" in done.stderr.lower()
     assert time.monotonic() - began < 15
+
+
+# --------------------------------------------------------------------------- local-list
+
+SITE_CSV = (
+    "id_tag,status,expiry,parent_id_tag\n"
+    "card-7,,,FLEET-1\n"
+    "OLDCARD,Blocked,,\n"
+    "04A2B3C4D5,Accepted,2026-12-31T23:59:59+01:00,\n"
+)
+#: What ``local-list show`` prints for SITE_CSV: sorted by id tag, stored upper-cased,
+#: expiries in UTC.
+SITE_SHOWN = (
+    "id_tag,status,expiry,parent_id_tag\n"
+    "04A2B3C4D5,Accepted,2026-12-31T22:59:59Z,\n"
+    "CARD-7,Accepted,,FLEET-1\n"
+    "OLDCARD,Blocked,,\n"
+)
+
+
+@pytest.fixture
+def store_config(tmp_path: Path) -> Path:
+    """A settings file naming a store in tmp_path, busy_timeout 100 ms."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[store]\npath = "{tmp_path / "lc.sqlite3"}"\nbusy_timeout_ms = 100\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def site_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "cards.csv"
+    path.write_text(SITE_CSV, encoding="utf-8")
+    return path
+
+
+def test_local_list_show_prints_the_stored_list(
+    store_config: Path, site_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show of a new store prints the header only; after an import, every entry as CSV,
+    sorted, as the store holds it; export - prints the same."""
+    assert main(["local-list", "show", "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr() == ("id_tag,status,expiry,parent_id_tag\n", "")
+    assert main(["local-list", "import", str(site_csv), "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr() == (f"imported 3 entries from {site_csv}\n", "")
+    assert main(["local-list", "show", "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr() == (SITE_SHOWN, "")
+    assert main(["local-list", "export", "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr() == (SITE_SHOWN, "")
+
+
+def test_local_list_import_into_a_busy_store_is_one_line_and_imports_nothing(
+    tmp_path: Path, store_config: Path, site_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another process holds the store's write lock past busy_timeout: exit 1, one line
+    on stderr naming the store and the lock, and the site list as it was."""
+    assert main(["local-list", "import", str(site_csv), "--config", str(store_config)]) == EXIT_OK
+    other = tmp_path / "other.csv"
+    other.write_text("id_tag,status,expiry,parent_id_tag\nNEW-1,Accepted,,\n", encoding="utf-8")
+    capsys.readouterr()
+    holder = sqlite3.connect(tmp_path / "lc.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        code = main(["local-list", "import", str(other), "--config", str(store_config)])
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert code == EXIT_FAILURE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"ocpp-lc: cannot import {other}: ")
+    assert f"the store at {tmp_path / 'lc.sqlite3'} failed" in err
+    assert "database is locked" in err and "store.busy_timeout_ms = 100" in err
+    assert err.endswith("; nothing imported\n")
+    assert main(["local-list", "show", "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr().out == SITE_SHOWN
+
+
+def _store_is_a_directory(path: Path) -> None:
+    path.mkdir(parents=True)
+
+
+def _store_is_not_sqlite(path: Path) -> None:
+    path.parent.mkdir()
+    path.write_text("this is not a SQLite database\n" * 100, encoding="utf-8")
+
+
+def _store_under_a_file(path: Path) -> None:
+    path.parent.write_text("a file where the store's directory should be\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_store_is_a_directory, _store_is_not_sqlite, _store_under_a_file],
+    ids=["directory", "not-sqlite", "under-a-file"],
+)
+@pytest.mark.parametrize("command", ["import", "show", "export"])
+def test_local_list_commands_report_a_store_they_cannot_use(
+    tmp_path: Path,
+    site_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    spoil: Callable[[Path], None],
+    command: str,
+) -> None:
+    """A store path that cannot be opened: exit 1 with one line on stderr naming the
+    store, no traceback, nothing on stdout, no file written."""
+    store = tmp_path / "data" / "lc.sqlite3"
+    spoil(store)
+    config = tmp_path / "site.toml"
+    config.write_text(f'[store]\npath = "{store}"\n', encoding="utf-8")
+    exported = tmp_path / "out.csv"
+    argv = {
+        "import": ["local-list", "import", str(site_csv)],
+        "show": ["local-list", "show"],
+        "export": ["local-list", "export", str(exported)],
+    }[command]
+    assert main([*argv, "--config", str(config)]) == EXIT_FAILURE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith("ocpp-lc: cannot ")
+    assert f"the store at {store} failed: " in err
+    assert not exported.exists()
+
+
+def test_local_list_export_to_a_file_it_cannot_write(
+    tmp_path: Path, store_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export FILE into a directory that does not exist: exit 1 and one line."""
+    target = tmp_path / "nowhere" / "out.csv"
+    code = main(["local-list", "export", str(target), "--config", str(store_config)])
+    assert code == EXIT_FAILURE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"ocpp-lc: cannot write {target}: ") and err.count("\n") == 1
+
+
+def test_local_list_import_of_a_file_that_is_not_utf8(
+    tmp_path: Path, store_config: Path, site_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 byte on line 3: exit 1, the line number, and the site list unchanged."""
+    assert main(["local-list", "import", str(site_csv), "--config", str(store_config)]) == EXIT_OK
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id_tag,status,expiry,parent_id_tag\nA-1,,,\nCAF\xc9-2,,,\n")
+    capsys.readouterr()
+    assert main(["local-list", "import", str(latin), "--config", str(store_config)]) == 1
+    assert capsys.readouterr() == (
+        "",
+        f"ocpp-lc: {latin}: line 3: not UTF-8 text; nothing imported\n",
+    )
+    assert main(["local-list", "show", "--config", str(store_config)]) == EXIT_OK
+    assert capsys.readouterr().out == SITE_SHOWN

@@ -18,6 +18,7 @@ from policies.local_list import (
     ListFormatError,
     ListUpdate,
     apply_update,
+    decode_csv,
     format_csv,
     parse_csv,
 )
@@ -232,6 +233,15 @@ def test_parse_skips_blank_lines_and_bom() -> None:
     with pytest.raises(ListFormatError) as caught:
         parse_csv(text)
     assert caught.value.line == 6
+
+
+def test_decode_utf8_and_the_line_of_a_byte_that_is_not() -> None:
+    """UTF-8 bytes decode as they are (a byte-order mark is left for parse_csv); the
+    first byte that is not UTF-8 is reported with its line, without quoting the row."""
+    assert parse_csv(decode_csv(b"\xef\xbb\xbf" + HEADER.encode() + b"A,,,\n")) == {"A": ACCEPTED}
+    with pytest.raises(ListFormatError) as caught:
+        decode_csv(HEADER.encode() + b"A,,,\n\nSECRET\xe9,,,\n")
+    assert (caught.value.line, caught.value.message) == (4, "not UTF-8 text")
 
 
 def test_parse_header_with_spaces() -> None:
