@@ -52,14 +52,18 @@ def has_own_time(payload: Mapping[str, Any], fields: tuple[str, ...] = ("timesta
 
     Only then is the same content again the charger's retry of one message; without a
     time of its own the same status reported later (another firmware update, the same
-    diagnostics upload result in a later outage) is a new message.
+    diagnostics upload result in a later outage) is a new message. (Loops and exact type
+    checks, not ``any`` over ``Mapping``: this runs for every message stored.)
     """
-    if any(payload.get(field) is not None for field in fields):
-        return True
+    for field in fields:
+        if payload.get(field) is not None:
+            return True
     values = payload.get("meterValue")
-    return isinstance(values, list) and any(
-        isinstance(value, Mapping) and value.get("timestamp") is not None for value in values
-    )
+    if type(values) is list:
+        for value in values:
+            if type(value) is dict and value.get("timestamp") is not None:
+                return True
+    return False
 
 
 def call_digest(action: str, payload: Mapping[str, Any], message_id: str) -> str:
