@@ -599,4 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"ocpp-lc: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except (StoreError, sqlite3.Error) as exc:
+        print(f"ocpp-lc: cannot start: {_store_failure(settings, exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK

@@ -396,9 +396,21 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open (or create) the store and bring its schema up to date. A store that
+        cannot be opened whole (not an SQLite file, a newer schema, a disk error) is
+        closed again before the error is raised: nothing half-open keeps its threads."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db = db
+        try:
+            await self._open_rest(db)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            self._db = self._reader = None
+            raise
+
+    async def _open_rest(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")

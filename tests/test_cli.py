@@ -205,6 +205,32 @@ def test_serve_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
     assert time.monotonic() - began < 15
 
 
+def test_serve_exits_at_once_when_its_store_is_not_sqlite(tmp_path: Path) -> None:
+    """A store file that is not SQLite (or is damaged past opening): one readable line
+    naming it and a non-zero exit, not a traceback and a process left hanging on the
+    threads of the store it half opened."""
+    store = tmp_path / "lc.sqlite3"
+    store.write_text("not an SQLite database\n" * 200, encoding="utf-8")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")},
+        "OCPP_LC_LISTEN__HOST": "127.0.0.1",
+        "OCPP_LC_LISTEN__PORT": "0",
+        "OCPP_LC_ADMIN__PORT": "0",
+        "OCPP_LC_STORE__PATH": str(store),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot start: the store at {store} failed: file is not a database" in done.stderr
+
+
 # --------------------------------------------------------------------------- local-list
 
 SITE_CSV = (
