@@ -400,7 +400,13 @@ def _outbox(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK if n or args.all else EXIT_FAILURE
 
     work = show if args.ob_command in ("show", "dead-letters") else change
-    return asyncio.run(_with_store(settings, work))
+    try:
+        return asyncio.run(_with_store(settings, work))
+    except STORE_ERRORS as exc:
+        print(
+            f"ocpp-lc: outbox {args.ob_command}: {_store_failure(settings, exc)}", file=sys.stderr
+        )
+        return EXIT_FAILURE
 
 
 class _ApiUnreachable(Exception):

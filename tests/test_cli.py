@@ -356,6 +356,35 @@ def test_local_list_commands_report_a_store_they_cannot_use(
     assert not exported.exists()
 
 
+@pytest.mark.parametrize(
+    "spoil",
+    [_store_is_a_directory, _store_is_not_sqlite, _store_under_a_file],
+    ids=["directory", "not-sqlite", "under-a-file"],
+)
+@pytest.mark.parametrize(
+    "argv",
+    [["show"], ["dead-letters"], ["retry", "--all"], ["drop", "--all"]],
+    ids=["show", "dead-letters", "retry", "drop"],
+)
+def test_outbox_commands_report_a_store_they_cannot_use(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    spoil: Callable[[Path], None],
+    argv: list[str],
+) -> None:
+    """A store path that cannot be opened: exit 1 with one line on stderr naming the
+    store, no traceback, nothing on stdout."""
+    store = tmp_path / "data" / "lc.sqlite3"
+    spoil(store)
+    config = tmp_path / "site.toml"
+    config.write_text(f'[store]\npath = "{store}"\n', encoding="utf-8")
+    assert main(["outbox", *argv, "--config", str(config)]) == EXIT_FAILURE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"ocpp-lc: outbox {argv[0]}: the store at {store} failed: ")
+
+
 def test_local_list_export_to_a_file_it_cannot_write(
     tmp_path: Path, store_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
