@@ -652,11 +652,13 @@ async def test_get_local_list_version_zero_clears_the_copy(
         assert await offline_status_peer(a, "LIST-X") == "Accepted"  # from the site list
 
 
-async def test_get_local_list_version_nonzero_keeps_the_copy(
-    csms: CsmsPeer, controller_factory: ControllerFactory
+@pytest.mark.parametrize(("reported", "kept"), [(3, True), (7, False), (2, False), (-1, False)])
+async def test_get_local_list_version_decides_whether_the_copy_is_trusted(
+    csms: CsmsPeer, controller_factory: ControllerFactory, reported: int, kept: bool
 ) -> None:
     """Scenario 9: a GetLocalListVersion answer equal to the copy's version leaves the
-    controller's copy alone."""
+    controller's copy alone; another version (the charger's list changed where the
+    controller did not see it) or -1 (it keeps no list) drops it, untrusted."""
     ctl = await controller_factory(uplink=FAST_RECONNECT)
     async with ListCharger16(controller_url(ctl.listen_port), "CP-A") as a:
         await csms.wait_connected("CP-A")
@@ -665,50 +667,27 @@ async def test_get_local_list_version_nonzero_keeps_the_copy(
             call16.SendLocalList(
                 list_version=3,
                 update_type="Full",
-                local_authorization_list=[{"id_tag": "KEEP", "id_tag_info": {"status": "Blocked"}}],
-            ),
-        )
-
-        async def listed() -> bool:
-            return "KEEP" in await ctl.store.charger_list("CP-A")
-
-        await eventually(listed, what="the list entry")
-        a.list_version = 3
-        assert (await csms.call("CP-A", call16.GetLocalListVersion())).list_version == 3
-        await csms.stop()
-        await wait_offline(ctl, "CP-A")
-        assert await offline_status_peer(a, "KEEP") == "Blocked"
-
-
-@pytest.mark.parametrize("reported", [7, 2, -1])
-async def test_get_local_list_version_other_than_the_copy_drops_it(
-    csms: CsmsPeer, controller_factory: ControllerFactory, reported: int
-) -> None:
-    """Scenario 9: a charger whose list version is not the copy's (its list changed where
-    the controller did not see it) or -1 (it keeps no list): the copy is not trusted."""
-    ctl = await controller_factory(uplink=FAST_RECONNECT)
-    async with ListCharger16(controller_url(ctl.listen_port), "CP-A") as a:
-        await csms.wait_connected("CP-A")
-        await csms.call(
-            "CP-A",
-            call16.SendLocalList(
-                list_version=3,
-                update_type="Full",
-                local_authorization_list=[{"id_tag": "GONE", "id_tag_info": {"status": "Blocked"}}],
+                local_authorization_list=[
+                    {"id_tag": "LISTED", "id_tag_info": {"status": "Blocked"}}
+                ],
             ),
         )
 
         async def listed(present: bool) -> bool:
-            return ("GONE" in await ctl.store.charger_list("CP-A")) is present
+            return ("LISTED" in await ctl.store.charger_list("CP-A")) is present
 
         await eventually(lambda: listed(True), what="the list entry")
         a.list_version = reported
         assert (await csms.call("CP-A", call16.GetLocalListVersion())).list_version == reported
-        await eventually(lambda: listed(False), what="the copy to be dropped")
+        if not kept:
+            await eventually(lambda: listed(False), what="the copy to be dropped")
         assert (await ctl.store.load_charger_list_versions())["CP-A"] == reported
         await csms.stop()
         await wait_offline(ctl, "CP-A")
-        assert await offline_status_peer(a, "GONE") == "Invalid"  # the unknown-id policy
+        assert await listed(kept)
+        # kept: the charger's own list decides; dropped: the unknown-id policy
+        expected = "Blocked" if kept else "Invalid"
+        assert await offline_status_peer(a, "LISTED") == expected
 
 
 def _cli(*argv: str) -> int:
