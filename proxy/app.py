@@ -60,7 +60,7 @@ class Controller:
         self.site.on_meter_now = self.replayer.meter_now
         self.site.on_csms_time = self.responder.clock.observe
         self.site.clock = self.responder.clock.now
-        self.replayer.on_answer = self.site.replayed
+        self.replayer.on_answer = self.site.learn_answer
         self.gate = Gate(settings, self.store, self.metrics, get_logger(component="security"))
         self.site.on_new_password = self._new_password
         self.chargers = ChargerServer(

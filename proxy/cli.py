@@ -152,11 +152,9 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]
     try:
         await store.open()
     except BaseException:
-        # Closed even when opening failed half-way: a connection left open keeps its
-        # thread, and the process, alive. A connection that could not open at all stops
-        # its thread by itself and tells the event loop when done: wait for that while
-        # the loop still runs, or the thread fails on a closed loop with a traceback.
-        await store.close()
+        # Store.open closes what it opened. A connection that could not open at all
+        # stops its thread by itself and tells the event loop when done: wait for that
+        # while the loop still runs, or the thread fails on a closed loop with a traceback.
         for thread in set(threading.enumerate()) - before:
             await asyncio.to_thread(thread.join, 2.0)
         raise

@@ -363,9 +363,7 @@ async def _start16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any
         tx_id, status, answered = stored
         info = orjson.loads(answered) if answered else {"status": status}
         return frames.result(call.id, {"transactionId": tx_id, "idTagInfo": info})
-    freed = r.site.connector_free(s, p["connectorId"], "new_start")
-    if freed:
-        await r.store.apply(*freed)
+    await r.site.free_connector(s, p["connectorId"], "new_start")
     decision = await r.site.decide(s.identity, key, for_start=True, valid=is_valid_id_tag(tag))
     with r.site.starting(key, decision):
         if decision.status is AuthStatus.Accepted and await r.outbox_full(s):
@@ -422,16 +420,10 @@ async def _stored16(r: OfflineResponder, s: Session, call: Call, p: dict[str, An
 
 
 async def _status16(r: OfflineResponder, s: Session, call: Call, p: dict[str, Any]) -> str:
-    freed = (
-        r.site.connector_free(s, p["connectorId"], "available")
-        if p.get("status") == ("Available")
-        else []
-    )
     await r.store.record_status(
         s.identity, p["connectorId"], p.get("status"), call.raw, replay=True
     )
-    if freed:
-        await r.store.apply(*freed)
+    await r.site.connector_status(s, p["connectorId"], p.get("status"))
     return frames.result(call.id, {})
 
 

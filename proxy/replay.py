@@ -77,9 +77,9 @@ class Replayer:
         self._suspended: set[tuple[str, TxRef]] = set()
         #: Told each replayed transaction message's request and the CSMS's answer (the
         #: site's authorization cache learns from them as from answers passing through).
-        self.on_answer: (
-            Callable[[Session, dict[str, Any], dict[str, Any]], Awaitable[None]] | None
-        ) = None
+        self.on_answer: Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[None]] | None = (
+            None
+        )
 
     # -- session set-up --------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class Replayer:
             if isinstance(answer, CallResult):
                 if ARMED:
                     crashpoint("after_callresult_before_mark")
-                await self._delivered(session, row, answer)
+                await self._delivered(session, row, stored, answer)
                 self.metrics.replayed[row.action, "delivered"] += 1
                 return
             code = answer.code if isinstance(answer, CallError) else "Timeout"
@@ -268,7 +268,9 @@ class Replayer:
         session.router.tx_up[prov] = -1
         await self.store.apply(self.store.map_transaction(session.identity, prov, -1))
 
-    async def _delivered(self, session: Session, row: OutboxRow, answer: CallResult) -> None:
+    async def _delivered(
+        self, session: Session, row: OutboxRow, stored: Call, answer: CallResult
+    ) -> None:
         identity = session.identity
         router = session.router
         extra: list[Statement] = []
@@ -295,10 +297,12 @@ class Replayer:
                 start_status = info["status"]
         await self.store.delivered(row.seq, *extra)
         session.replayed += 1
-        if self.on_answer is not None and row.action in _LEARNED_FROM:
-            request = _request_of(row.frame)
-            if request is not None:
-                await self.on_answer(session, request, payload)
+        if (
+            self.on_answer is not None
+            and row.action in _LEARNED_FROM
+            and isinstance(stored.payload, dict)
+        ):
+            await self.on_answer(session.identity, stored.payload, payload)
         if start_status is not None and ref is not None:
             await self._verdict(session, ref, start_status)
 
@@ -427,15 +431,6 @@ class Replayer:
 
 #: Replayed actions whose answers carry an id's status (idTagInfo / idTokenInfo).
 _LEARNED_FROM = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent"})
-
-
-def _request_of(frame: str) -> dict[str, Any] | None:
-    """The payload of a stored CALL, or None if it cannot be read."""
-    try:
-        parsed = frames.parse(frame)
-    except FrameError:
-        return None
-    return parsed.payload if isinstance(parsed, Call) and isinstance(parsed.payload, dict) else None
 
 
 def _marked_offline(call: Call) -> Call:

@@ -185,6 +185,18 @@ class Site:
                 changes.append(self.store.stop_transaction(identity, tx_id))
         return changes
 
+    async def free_connector(self, session: Session, connector: Any, why: str) -> None:
+        """:meth:`connector_free`, its changes stored."""
+        changes = self.connector_free(session, connector, why)
+        if changes:
+            await self.store.apply(*changes)
+
+    async def connector_status(self, session: Session, connector: Any, status: Any) -> None:
+        """A 1.6 StatusNotification (passing through or answered offline): Available
+        means no transaction runs on the connector."""
+        if status == "Available":
+            await self.free_connector(session, connector, "available")
+
     def charging(self, key: str) -> bool:
         return bool(self._active.get(key)) or key in self._starting
 
@@ -265,10 +277,7 @@ class Site:
                     await self.store.record_status(
                         identity, connector, request.get("status"), call.raw, replay=False
                     )
-                    if request.get("status") == "Available":
-                        freed = self.connector_free(session, connector, "available")
-                        if freed:
-                            await self.store.apply(*freed)
+                    await self.connector_status(session, connector, request.get("status"))
                 return
             if action == "MeterValues":
                 if self.on_meter is not None:
@@ -277,8 +286,7 @@ class Site:
             key = self._request_key(request)
             info = result.get("idTagInfo") or result.get("idTokenInfo")
             # the id's answer first: once the id is seen charging, the cache knows it
-            if key is not None:
-                await self._learn(identity, key, self._site_key(request), info)
+            await self.learn_answer(identity, request, result)
             changes: list[Statement] = []
             if action == "TransactionEvent":
                 changes = self._learn_event(identity, request, info, key)
@@ -379,21 +387,17 @@ class Site:
             return token_key(token["idToken"], None)
         return None
 
-    async def replayed(
-        self, session: Session, request: dict[str, Any], result: dict[str, Any]
+    async def learn_answer(
+        self, identity: str, request: dict[str, Any], result: dict[str, Any]
     ) -> None:
-        """A transaction message answered offline, replayed, and the CSMS's answer: its
-        id's status is learned as from an answer passing through."""
+        """The cache learns the id's status a CSMS answer carries (idTagInfo or
+        idTokenInfo), passing through or to a replayed message, unless the id is in a
+        local list."""
         key = self._request_key(request)
-        if key is not None:
-            info = result.get("idTagInfo") or result.get("idTokenInfo")
-            await self._learn(session.identity, key, self._site_key(request), info)
-
-    async def _learn(self, identity: str, key: str, site_key: str | None, info: Any) -> None:
-        entry = id_tag_info_entry(info)
-        if entry is None:
+        entry = id_tag_info_entry(result.get("idTagInfo") or result.get("idTokenInfo"))
+        if key is None or entry is None:
             return
-        charger, site, _ = await self.store.auth_entries(identity, key, site_key)
+        charger, site, _ = await self.store.auth_entries(identity, key, self._site_key(request))
         if not should_cache(key, [{key: e} for e in (charger, site) if e is not None]):
             return
         await self.store.cache_put(key, entry)
@@ -405,13 +409,11 @@ class Site:
         charger and the CSMS, or while it was replaced), so the copy is dropped rather
         than trusted, until the CSMS sends the list again."""
         identity = session.identity
-        known = (await self.store.load_charger_list_versions()).get(identity)
-        if version <= 0:
-            await self.store.save_charger_list(identity, version, {})
-            return
-        if known == version:
-            return
-        session.log.warning("charger_list_out_of_sync", known_version=known, version=version)
+        if version > 0:
+            known = await self.store.charger_list_version(identity)
+            if known == version:
+                return
+            session.log.warning("charger_list_out_of_sync", known_version=known, version=version)
         await self.store.save_charger_list(identity, version, {})
 
     async def _learn_list(self, identity: str, request: dict[str, Any]) -> None:

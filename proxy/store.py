@@ -988,6 +988,13 @@ class Store:
         )
         await self._write(statements)
 
+    async def charger_list_version(self, identity: str) -> int | None:
+        """The version of the controller's copy of a charger's local list, if known."""
+        row = await self._row(
+            "SELECT version FROM charger_list_versions WHERE identity = ?", (identity,)
+        )
+        return int(row[0]) if row else None
+
     async def load_charger_list_versions(self) -> dict[str, int]:
         rows = await self._rows("SELECT identity, version FROM charger_list_versions")
         return {str(r[0]): int(r[1]) for r in rows}

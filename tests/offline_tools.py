@@ -123,12 +123,29 @@ async def offline_status(raw: RawCharger, id_tag: str) -> str:
     return status
 
 
-async def wait_offline(ctl: Controller, identity: str) -> None:
-    async def offline() -> bool:
-        session = ctl.chargers.sessions.get(identity)
-        return session is not None and session.state is State.OFFLINE
+async def wait_state(ctl: Controller, identity: str, state: State, timeout: float = 5.0) -> None:
+    """Until the charger's session is in ``state``."""
 
-    await eventually(offline, what=f"{identity} to be served offline")
+    async def reached() -> bool:
+        session = ctl.chargers.sessions.get(identity)
+        return session is not None and session.state is state
+
+    await eventually(reached, timeout, what=f"{identity} to be {state.name}")
+
+
+async def wait_offline(ctl: Controller, identity: str) -> None:
+    await wait_state(ctl, identity, State.OFFLINE)
+
+
+async def wait_drained(ctl: Controller, identity: str, timeout: float = 10.0) -> None:
+    """Until the charger's outbox is empty and its session online again."""
+
+    async def done() -> bool:
+        session = ctl.chargers.sessions.get(identity)
+        online = session is not None and session.state is State.ONLINE
+        return online and not await ctl.store.outbox_depth(identity)
+
+    await eventually(done, timeout, what=f"{identity} to drain and be online")
 
 
 class _ListHandlers16(ChargePoint16):

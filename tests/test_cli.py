@@ -172,34 +172,37 @@ def test_module_entry_point_checks_a_file(good_file: Path, tmp_path: Path) -> No
     assert "listen.portt: unknown setting" in bad.stderr
 
 
+def serve_once(store: Path, port: int = 0) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy serve`` on ``store`` and ``port`` (no other OCPP_LC_ setting of
+    the caller's), run until it exits (30 s at most)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")},
+        "OCPP_LC_LISTEN__HOST": "127.0.0.1",
+        "OCPP_LC_LISTEN__PORT": str(port),
+        "OCPP_LC_ADMIN__PORT": "0",
+        "OCPP_LC_STORE__PATH": str(store),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_serve_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
     """A taken listen port: one readable line and a non-zero exit, not a process left
     hanging on the threads of a store it had opened."""
     import socket
-    import subprocess
-    import sys
     import time
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        port = blocker.getsockname()[1]
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")},
-            "OCPP_LC_LISTEN__HOST": "127.0.0.1",
-            "OCPP_LC_LISTEN__PORT": str(port),
-            "OCPP_LC_ADMIN__PORT": "0",
-            "OCPP_LC_STORE__PATH": str(tmp_path / "lc.sqlite3"),
-        }
         began = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = serve_once(tmp_path / "lc.sqlite3", blocker.getsockname()[1])
     assert done.returncode != 0
     assert "cannot start" in done.stderr and "address already in use" in done.stderr.lower()
     assert time.monotonic() - began < 15
@@ -211,21 +214,7 @@ def test_serve_exits_at_once_when_its_store_is_not_sqlite(tmp_path: Path) -> Non
     threads of the store it half opened."""
     store = tmp_path / "lc.sqlite3"
     store.write_text("not an SQLite database\n" * 200, encoding="utf-8")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("OCPP_LC_")},
-        "OCPP_LC_LISTEN__HOST": "127.0.0.1",
-        "OCPP_LC_LISTEN__PORT": "0",
-        "OCPP_LC_ADMIN__PORT": "0",
-        "OCPP_LC_STORE__PATH": str(store),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = serve_once(store)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"cannot start: the store at {store} failed: file is not a database" in done.stderr

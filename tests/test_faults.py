@@ -1752,6 +1752,14 @@ async def test_f12_charger_timestamps_are_never_rewritten(
     csms.assert_clean()
 
 
+class Clock1970(datetime):
+    """An edge clock that booted without a time source."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+
+
 async def test_f12_offline_current_time_is_guarded_against_an_unsynced_clock(
     csms: CsmsPeer,
     fast_controller: ControllerFactory,
@@ -1766,11 +1774,6 @@ async def test_f12_offline_current_time_is_guarded_against_an_unsynced_clock(
         good = current_time(online)  # the CSMS's time, seen by the controller
         await csms.stop()
         await wait_for(lambda: state_of(ctl) == "offline", 5.0, "offline")
-
-        class Clock1970(datetime):
-            @classmethod
-            def now(cls, tz: Any = None) -> Any:
-                return datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
 
         monkeypatch.setattr(proxy.offline, "datetime", Clock1970)
         heartbeat = await answer_to(raw, frame("h1", "Heartbeat", {}))
@@ -1819,11 +1822,6 @@ async def test_f12_offline_expiry_is_judged_by_the_guarded_clock(
         await answer_to(raw, frame("b1", "BootNotification", BOOT_16))
         await csms.stop()
         await wait_for(lambda: state_of(ctl) == "offline", 5.0, "offline")
-
-        class Clock1970(datetime):
-            @classmethod
-            def now(cls, tz: Any = None) -> Any:
-                return datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
 
         monkeypatch.setattr(proxy.offline, "datetime", Clock1970)
         monkeypatch.setattr(proxy.site, "datetime", Clock1970)

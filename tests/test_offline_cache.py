@@ -29,6 +29,7 @@ from offline_tools import (
     site_csv,
     start_payload,
     stop_payload,
+    wait_state,
 )
 from peers import CsmsPeer, RawCharger, controller_url
 
@@ -70,14 +71,6 @@ async def start_status(raw: RawCharger, id_tag: str, meter_start: int) -> str:
     """The status a StartTransaction of ``id_tag`` gets."""
     answer = result_of(await raw.call("StartTransaction", start_payload(id_tag, meter_start)))
     return str(answer["idTagInfo"]["status"])
-
-
-async def wait_state(ctl: Controller, identity: str, state: State) -> None:
-    async def reached() -> bool:
-        session = ctl.chargers.sessions.get(identity)
-        return session is not None and session.state is state
-
-    await eventually(reached, what=f"{identity} to be {state.name}")
 
 
 async def wait_cached(ctl: Controller, key: str, status: AuthStatus) -> None:

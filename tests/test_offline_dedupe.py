@@ -14,17 +14,15 @@ port or at a CSMS the test stops and starts again; plus the key functions themse
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from offline_tools import STAMP, offline_controller
+from offline_tools import STAMP, offline_controller, wait_drained, wait_state
 from peers import CALLRESULT, OCPP201, CsmsPeer, RawCharger, controller_url
 
+from proxy.router import State
 from proxy.versions import ocpp16, ocpp201
 
 if TYPE_CHECKING:
@@ -43,40 +41,6 @@ AVAILABLE = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 10.0
-) -> None:
-    """Poll ``check`` (plain or async) every 20 ms until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def state_of(ctl: Controller, identity: str = IDENTITY) -> str | None:
-    session = ctl.chargers.sessions.get(identity)
-    return session.state.value if session is not None else None
-
-
-async def wait_state(ctl: Controller, state: str, identity: str = IDENTITY) -> None:
-    await wait_for(lambda: state_of(ctl, identity) == state, f"{identity} {state}")
-
-
-async def wait_drained(ctl: Controller, identity: str = IDENTITY) -> None:
-    """Until the charger's outbox is empty and its session online again."""
-
-    async def done() -> bool:
-        return state_of(ctl, identity) == "online" and not await ctl.store.outbox_depth(identity)
-
-    await wait_for(done, f"{identity} to drain and be online")
 
 
 async def acked(raw: RawCharger, action: str, payload: dict[str, Any], unique_id: str) -> None:
@@ -159,16 +123,16 @@ async def test_same_diagnostics_status_in_two_outages_reaches_the_csms_twice(
     async with RawCharger(controller_url(ctl.listen_port), IDENTITY) as raw:
         boot = {"chargePointModel": "LC-Test", "chargePointVendor": "OpenSite"}
         await acked(raw, "BootNotification", boot, "boot-1")
-        await wait_state(ctl, "online")
+        await wait_state(ctl, IDENTITY, State.ONLINE)
         for outage in (1, 2):
             await csms.stop()
-            await wait_state(ctl, "offline")
+            await wait_state(ctl, IDENTITY, State.OFFLINE)
             await acked(raw, "StatusNotification", AVAILABLE, f"status-{outage}")
             await acked(
                 raw, "DiagnosticsStatusNotification", DIAGNOSTICS_UPLOADED, f"diag-{outage}"
             )
             await csms.start()
-            await wait_drained(ctl)
+            await wait_drained(ctl, IDENTITY)
             if outage == 1:  # online: the connector charges, the CSMS sees it live
                 charging = dict(AVAILABLE, status="Charging", timestamp=STAMP)
                 await acked(raw, "StatusNotification", charging, "status-online")
